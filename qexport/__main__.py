@@ -1,0 +1,5 @@
+"""``python -m qexport`` == the ``qexport`` command."""
+
+from qexport.cli import main
+
+main()

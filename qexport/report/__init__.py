@@ -1,0 +1,1 @@
+"""Human-readable renderings of IR graphs and results."""
