@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from qexport.ir import Graph
 
 __version__ = "0.1.0"
-__all__ = ["QExportError", "__version__", "capture", "ir", "run_reference"]
+__all__ = ["QExportError", "__version__", "capture", "ir", "quantize", "run_reference"]
 
 
 def capture(
@@ -35,6 +35,33 @@ def capture(
     from qexport.frontend.pipeline import capture_source
 
     return capture_source(src, seq_len=seq_len, config=config, trust_pickle=trust_pickle).graph
+
+
+def quantize(
+    graph: Graph,
+    recipe: str | Path = "int8",
+    calibration: str | Path | dict[str, np.ndarray] | None = None,
+    *,
+    tokenizer: str | Path | None = None,
+    seq_len: int | None = None,
+) -> Graph:
+    """Apply a recipe (built-in name or .toml/.json file) to a float graph.
+
+    ``calibration`` is a text file (one example per line, needs ``tokenizer``), an ``.npz`` of
+    named arrays, or a dict of arrays with a leading sample axis; None uses built-in sentences.
+    """
+    from qexport.quant.calibration import load_calibration
+    from qexport.quant.engine import quantize_graph
+    from qexport.quant.recipe import resolve
+
+    spec = resolve(recipe)
+    calib = None
+    if spec.quantizes_activations:
+        length = seq_len or int(graph.metadata.get("capture", {}).get("seq_len", 128))
+        calib = load_calibration(
+            graph, calibration, seq_len=length, tokenizer_dir=Path(tokenizer) if tokenizer else None
+        )
+    return quantize_graph(graph, spec, calib)
 
 
 def run_reference(

@@ -104,7 +104,13 @@ def convert_cmd(
         Path | None,
         typer.Option("--tokenizer", help="Tokenizer directory for --calib text (default: the model's own)."),
     ] = None,
-    recipe: Annotated[str, typer.Option("--recipe", help="Quantization recipe name or file.")] = "fp32",
+    recipe: Annotated[
+        str,
+        typer.Option(
+            "--recipe",
+            help="Recipe: int8 (static, default), dynamic, int16x8, weight-only, fp32, or a .toml/.json file.",
+        ),
+    ] = "int8",
     config: Annotated[Path | None, typer.Option("--config", help="config.json for a state_dict SRC.")] = None,
     trust_pickle: Annotated[
         bool,

@@ -19,9 +19,6 @@ from qexport.errors import UsageError
 from qexport.ir import serde
 from qexport.outdir import MANIFEST, StagedOutput
 
-RECIPES = ("fp32",)
-"""Recipes this build can apply (quantizing recipes arrive with the quantization engine)."""
-
 Step = Callable[[str], AbstractContextManager[Any]]
 
 
@@ -31,7 +28,7 @@ class ConvertOptions:
 
     to: Sequence[str] = ()
     seq_len: int = 128
-    recipe: str = "fp32"
+    recipe: str = "int8"
     calib: Path | None = None
     tokenizer: Path | None = None
     config: Path | None = None
@@ -57,8 +54,9 @@ def parse_targets(text: str | None) -> list[str]:
 
 
 def _validate(src: str | Path, opts: ConvertOptions) -> None:
-    if opts.recipe not in RECIPES:
-        raise UsageError(f"unknown recipe {opts.recipe!r}; available in this build: {', '.join(RECIPES)}")
+    from qexport.quant.recipe import resolve
+
+    resolve(opts.recipe)  # a bad recipe fails before any work
     for flag, path in (("--calib", opts.calib), ("--tokenizer", opts.tokenizer), ("--config", opts.config)):
         if path is not None and not Path(path).exists():
             raise UsageError(f"{flag} {path}: no such file or directory")
@@ -78,8 +76,7 @@ def convert(src: str | Path, out: Path, opts: ConvertOptions, step: Step | None 
             captured = capture_source(
                 src, seq_len=opts.seq_len, config=opts.config, trust_pickle=opts.trust_pickle
             )
-        graph = captured.graph
-        graph.metadata["recipe"] = opts.recipe
+        graph = _quantize(captured, opts, step)
         for backend in targets:
             backend.check(graph)  # every backend vets the graph before any file is written
         with step("writing model.qir"):
@@ -106,7 +103,8 @@ def convert(src: str | Path, out: Path, opts: ConvertOptions, step: Step | None 
                 "inputs": {n: [*v.shape] for n, v in graph.inputs.items()},
                 "outputs": {n: [*graph.values[v].shape] for n, v in graph.outputs.items()},
             },
-            "recipe": opts.recipe,
+            "recipe": graph.metadata["recipe"],
+            "calibration": graph.metadata.get("calibration"),
             "ir": {"file": "model.qir", **_file_facts(stage.dir / "model.qir")},
             "artifacts": artifacts,
             "notes": graph.metadata.get("notes", []),
@@ -114,6 +112,30 @@ def convert(src: str | Path, out: Path, opts: ConvertOptions, step: Step | None 
         (stage.dir / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
         stage.publish()
     return manifest
+
+
+def _quantize(captured: Any, opts: ConvertOptions, step: Step) -> Any:
+    from qexport.quant.calibration import load_calibration
+    from qexport.quant.engine import quantize_graph
+    from qexport.quant.recipe import resolve
+
+    recipe = resolve(opts.recipe)
+    graph = captured.graph
+    calib = None
+    if recipe.quantizes_activations:
+        tokenizer = opts.tokenizer or captured.source.tokenizer_dir
+        calib = load_calibration(
+            graph,
+            opts.calib if opts.calib is None else Path(opts.calib),
+            seq_len=opts.seq_len,
+            tokenizer_dir=tokenizer,
+        )
+        for warning in calib.warnings:
+            graph.metadata.setdefault("notes", []).append(warning)
+    with step(
+        f"quantizing with recipe {recipe.name!r}" + (f" ({calib.size} calibration samples)" if calib else "")
+    ):
+        return quantize_graph(graph, recipe, calib)
 
 
 def _file_facts(path: Path) -> dict[str, Any]:

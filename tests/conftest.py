@@ -12,7 +12,8 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parents[1]
-SENTENCES = ROOT / "fixtures" / "sentences.txt"
+SENTENCES = ROOT / "qexport" / "data" / "calibration_sentences.txt"
+DOCSTRINGS = ROOT / "fixtures" / "docstring_sentences.txt"
 
 
 @pytest.fixture(scope="session")

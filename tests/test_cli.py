@@ -36,7 +36,8 @@ def test_convert_writes_qir_and_manifest(converted, tiny_model_dirs):
     assert len(manifest["source"]["sha256"]) == 64
     assert manifest["shapes"]["seq_len"] == 32
     assert manifest["shapes"]["inputs"]["input_ids"] == ["batch", "seq"]
-    assert manifest["recipe"] == "fp32"
+    assert manifest["recipe"]["name"] == "int8"
+    assert manifest["calibration"]["origin"] == "random-tokens"
     assert manifest["ir"]["bytes"] == (converted / "model.qir").stat().st_size
     assert manifest["artifacts"] == []
 

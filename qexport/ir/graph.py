@@ -50,8 +50,9 @@ class QuantSpec:
 
     ``q = clamp(round_half_even(x / scale) + zero_point, qmin, qmax)``;
     ``x' = (q - zero_point) * scale`` — all in float32. ``scale``/``zero_point`` are 0-d for
-    per-tensor, 1-d along ``axis`` for per-channel. ``dynamic`` specs carry no params: the
-    range is taken per tensor (or per row along ``axis``) at run time.
+    per-tensor, 1-d along ``axis`` for per-channel. ``dynamic`` specs carry placeholder params
+    (0-d): the scale is taken at run time, symmetric, from max|x| over the whole tensor
+    (``axis`` None) or over ``axis`` only — ``axis=-1`` is per token for [..., tokens, hidden].
     """
 
     dtype: QDType
@@ -65,7 +66,7 @@ class QuantSpec:
             raise IRError("QuantSpec scale must be float32 and zero_point int32")
         if self.scale.shape != self.zero_point.shape or self.scale.ndim > 1:
             raise IRError("QuantSpec scale and zero_point must share a shape of rank <= 1")
-        if (self.scale.ndim == 1) != (self.axis is not None):
+        if not self.dynamic and (self.scale.ndim == 1) != (self.axis is not None):
             raise IRError("QuantSpec: per-channel params need an axis, per-tensor none")
         if not self.dynamic and not np.all(np.isfinite(self.scale) & (self.scale > 0)):
             raise IRError("QuantSpec scales must be finite and > 0")

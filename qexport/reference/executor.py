@@ -14,7 +14,7 @@ import numpy as np
 from qexport.errors import QExportError
 from qexport.ir.graph import Graph
 from qexport.ir.symbols import bind
-from qexport.quantize.arith import dequantize, fake_quant
+from qexport.quant.arith import dequantize, fake_quant
 from qexport.reference.kernels import KERNELS
 
 

@@ -34,19 +34,20 @@ def dequantize(q: np.ndarray, spec: QuantSpec) -> np.ndarray:
     return ((q.astype(np.int64) - zero).astype(np.float32) * scale).astype(np.float32)
 
 
-def dynamic_spec(x: np.ndarray, dtype: QDType, axis: int | None) -> QuantSpec:
-    """Symmetric params taken from the tensor itself (per tensor, or per slice along ``axis``)."""
+def dynamic_fake_quant(x: np.ndarray, dtype: QDType, axis: int | None) -> np.ndarray:
+    """Symmetric run-time quantization: scale = max|x| / qmax over the tensor, or over
+    ``axis`` only (``axis=-1`` on [..., tokens, hidden] is per token)."""
     if axis is None:
         amax = np.asarray(np.max(np.abs(x)), dtype=np.float32)
     else:
-        other = tuple(i for i in range(x.ndim) if i != axis % x.ndim)
-        amax = np.max(np.abs(x), axis=other).astype(np.float32)
+        amax = np.max(np.abs(x), axis=axis, keepdims=True).astype(np.float32)
     scale = np.where(amax > 0, amax / np.float32(dtype.qmax), np.float32(1.0)).astype(np.float32)
-    return QuantSpec(dtype, scale, np.zeros(scale.shape, np.int32), None if axis is None else axis % x.ndim)
+    q = np.clip(np.rint(x / scale), -dtype.qmax, dtype.qmax)
+    return (q * scale).astype(np.float32)
 
 
 def fake_quant(x: np.ndarray, spec: QuantSpec) -> np.ndarray:
     """dequantize(quantize(x)): what a tensor looks like after crossing in integers."""
     if spec.dynamic:
-        spec = dynamic_spec(x, spec.dtype, spec.axis)
+        return dynamic_fake_quant(x, spec.dtype, spec.axis)
     return dequantize(quantize(x, spec), spec)

@@ -1,0 +1,202 @@
+"""Recipes: typed, validated descriptions of how to quantize (see docs/quantization.md).
+
+A recipe is a frozen dataclass; files (TOML or JSON) are parsed into one with unknown keys and
+impossible combinations rejected. Built-in recipes are named in ``BUILTIN``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from qexport.errors import QExportError
+
+SCHEMES = ("none", "static", "dynamic", "weight-only")
+WEIGHT_DTYPES = ("int8",)  # int4 (block-wise) is not implemented yet
+ACTIVATION_DTYPES = ("uint8", "int8", "int16")
+OBSERVERS = ("minmax", "percentile", "mse")
+RULE_ACTIONS = ("float", "int16")
+
+
+class RecipeError(QExportError):
+    """A recipe is malformed or asks for something no backend can do."""
+
+
+@dataclass(frozen=True)
+class LayerRule:
+    """Linear layers whose node name matches ``match`` (a regex): ``float`` keeps them float,
+    ``int16`` gives their input int16 activations (an island for outlier-heavy tensors)."""
+
+    match: str
+    action: str = "float"
+
+    def __post_init__(self) -> None:
+        if self.action not in RULE_ACTIONS:
+            raise RecipeError(f"rule action {self.action!r} unknown; known: {', '.join(RULE_ACTIONS)}")
+        try:
+            re.compile(self.match)
+        except re.error as exc:
+            raise RecipeError(f"rule regex {self.match!r} is invalid ({exc})") from None
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How to quantize a captured graph.
+
+    - ``scheme``: none (fp32) | static (calibrated activations) | dynamic (activations
+      quantized at run time, per token) | weight-only.
+    - Weights of Linear layers: per-channel symmetric ``weight_dtype`` (int4 needs
+      ``weight_block_size``, a multiple of 2 dividing the input dim).
+    - Activations feeding Linear layers: ``activation_dtype`` with ranges from ``observer``.
+    - ``smooth_alpha``: SmoothQuant-style migration of activation outliers into the weights
+      (0 = none, 1 = all); None disables it.
+    - ``quantize_embeddings``: int8 per-row embedding tables.
+    - ``rules``: Linear layers kept in float (or given int16 inputs) by name.
+    - ``sensitive_int16``: this many Linear input groups, the most sensitive as measured on
+      the calibration data, get int16 activations (static schemes with 8-bit activations).
+    """
+
+    name: str = "custom"
+    scheme: str = "static"
+    weight_dtype: str = "int8"
+    weight_block_size: int | None = None
+    activation_dtype: str = "uint8"
+    observer: str = "minmax"
+    percentile: float = 99.99
+    smooth_alpha: float | None = 0.5
+    quantize_embeddings: bool = True
+    rules: tuple[LayerRule, ...] = field(default_factory=tuple)
+    sensitive_int16: int = 0
+
+    def __post_init__(self) -> None:
+        _one_of("scheme", self.scheme, SCHEMES)
+        _one_of("weight_dtype", self.weight_dtype, WEIGHT_DTYPES)
+        _one_of("activation_dtype", self.activation_dtype, ACTIVATION_DTYPES)
+        _one_of("observer", self.observer, OBSERVERS)
+        if self.weight_dtype == "int4" and self.scheme != "weight-only":
+            raise RecipeError("int4 weights are only supported with scheme = 'weight-only'")
+        if self.weight_dtype == "int4" and not self.weight_block_size:
+            raise RecipeError("int4 weights need weight_block_size (e.g. 32)")
+        if self.weight_block_size is not None and (self.weight_block_size < 2 or self.weight_block_size % 2):
+            raise RecipeError("weight_block_size must be an even number >= 2")
+        if self.scheme == "dynamic" and self.activation_dtype != "int8":
+            raise RecipeError("dynamic activations are int8 (symmetric, per token)")
+        if not 50.0 < self.percentile <= 100.0:
+            raise RecipeError("percentile must be in (50, 100]")
+        if self.sensitive_int16 < 0:
+            raise RecipeError("sensitive_int16 must be >= 0")
+        if self.smooth_alpha is not None and not 0.0 <= self.smooth_alpha <= 1.0:
+            raise RecipeError("smooth_alpha must be within [0, 1]")
+
+    @property
+    def quantizes_activations(self) -> bool:
+        return self.scheme in ("static", "dynamic")
+
+    def keeps_float(self, node_name: str) -> bool:
+        return any(r.action == "float" and re.search(r.match, node_name) for r in self.rules)
+
+    def wants_int16(self, node_name: str) -> bool:
+        return any(r.action == "int16" and re.search(r.match, node_name) for r in self.rules)
+
+
+def _one_of(key: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise RecipeError(f"recipe {key} = {value!r} is not supported; choose one of {', '.join(allowed)}")
+
+
+BUILTIN: dict[str, Recipe] = {
+    r.name: r
+    for r in (
+        Recipe(name="int8", scheme="static", smooth_alpha=0.8, sensitive_int16=6),
+        Recipe(name="int16x8", scheme="static", activation_dtype="int16", smooth_alpha=0.5),
+        Recipe(name="dynamic", scheme="dynamic", activation_dtype="int8", smooth_alpha=0.5),
+        Recipe(name="weight-only", scheme="weight-only", smooth_alpha=None),
+        Recipe(name="fp32", scheme="none", smooth_alpha=None, quantize_embeddings=False),
+    )
+}
+
+
+def resolve(recipe: str | Path | Recipe) -> Recipe:
+    """A Recipe from a built-in name, a .toml/.json file, or a Recipe."""
+    if isinstance(recipe, Recipe):
+        return recipe
+    if str(recipe) in BUILTIN:
+        return BUILTIN[str(recipe)]
+    path = Path(recipe)
+    if path.suffix.lower() not in (".toml", ".json"):
+        raise RecipeError(
+            f"unknown recipe {str(recipe)!r}; built-in: {', '.join(BUILTIN)}, or a .toml/.json file"
+        )
+    try:
+        raw = path.read_bytes().decode("utf-8")
+        doc = tomllib.loads(raw) if path.suffix.lower() == ".toml" else json.loads(raw)
+    except FileNotFoundError:
+        raise RecipeError(f"{path}: no such recipe file") from None
+    except (
+        OSError,
+        UnicodeDecodeError,
+        tomllib.TOMLDecodeError,
+        json.JSONDecodeError,
+        RecursionError,
+    ) as exc:
+        raise RecipeError(f"{path}: not a valid recipe file ({exc})") from None
+    return from_dict(doc, where=str(path))
+
+
+def from_dict(doc: Any, where: str = "recipe") -> Recipe:
+    """Validate a parsed recipe document; ``base`` names a built-in to start from."""
+    if not isinstance(doc, dict):
+        raise RecipeError(f"{where}: a recipe is a table/object of settings")
+    doc = dict(doc)
+    base_name = doc.pop("base", "int8")
+    if base_name not in BUILTIN:
+        raise RecipeError(f"{where}: base = {base_name!r} is not a built-in recipe ({', '.join(BUILTIN)})")
+    known = {f.name: f for f in fields(Recipe)}
+    unknown = sorted(set(doc) - set(known))
+    if unknown:
+        raise RecipeError(f"{where}: unknown key(s) {unknown}; known keys: {', '.join(sorted(known))}, base")
+    types: dict[str, type | tuple[type, ...]] = {
+        "name": str,
+        "scheme": str,
+        "weight_dtype": str,
+        "activation_dtype": str,
+        "observer": str,
+        "percentile": (int, float),
+        "smooth_alpha": (int, float, type(None)),
+        "weight_block_size": (int, type(None)),
+        "quantize_embeddings": bool,
+        "rules": list,
+        "sensitive_int16": int,
+    }
+    for key, value in doc.items():
+        if (isinstance(value, bool) and types[key] is not bool) or not isinstance(value, types[key]):
+            raise RecipeError(f"{where}: {key} has the wrong type ({type(value).__name__})")
+    if "rules" in doc:
+        rules = []
+        for i, rule in enumerate(doc["rules"]):
+            if (
+                not isinstance(rule, dict)
+                or set(rule) - {"match", "action"}
+                or not isinstance(rule.get("match"), str)
+            ):
+                raise RecipeError(f"{where}: rules[{i}] must be {{match = '<regex>', action = 'float'}}")
+            rules.append(LayerRule(rule["match"], rule.get("action", "float")))
+        doc["rules"] = tuple(rules)
+    for key in ("percentile", "smooth_alpha"):
+        if isinstance(doc.get(key), int):
+            doc[key] = float(doc[key])
+    try:
+        return replace(BUILTIN[base_name], **{"name": where, **doc})
+    except RecipeError as exc:
+        raise RecipeError(f"{where}: {exc}") from None
+
+
+def to_dict(recipe: Recipe) -> dict[str, Any]:
+    """JSON-able form, recorded in the IR metadata and the manifest."""
+    out: dict[str, Any] = {f.name: getattr(recipe, f.name) for f in fields(Recipe)}
+    out["rules"] = [{"match": r.match, "action": r.action} for r in recipe.rules]
+    return out
