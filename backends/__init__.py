@@ -14,7 +14,7 @@ from typing import Any, Protocol
 from qexport.errors import UsageError
 from qexport.ir.graph import Graph
 
-BUILTIN: dict[str, str] = {}
+BUILTIN: dict[str, str] = {"onnx": "qexport.backends.onnx:OnnxBackend"}
 """name -> "module:attribute" of the built-in backends (filled as backends land)."""
 
 

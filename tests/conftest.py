@@ -98,3 +98,28 @@ def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[
         timeout=600,
         env={**os.environ, "HF_HUB_OFFLINE": "1"},
     )
+
+
+@pytest.fixture(scope="session")
+def docstring_texts(minilm_dir):
+    """(calibration: 128 sentences, held-out: 200 others), tokenized for MiniLM at seq 128."""
+    from qexport.frontend.text import read_lines, tokenize
+
+    lines = read_lines(DOCSTRINGS)
+    names = ["input_ids", "attention_mask", "token_type_ids"]
+    return tokenize(lines[:128], minilm_dir, 128, names), tokenize(lines[128:328], minilm_dir, 128, names)
+
+
+@pytest.fixture(scope="session")
+def minilm_int8(minilm, docstring_texts):
+    import qexport
+
+    return qexport.quantize(minilm[0].graph, "int8", calibration=docstring_texts[0])
+
+
+def masked_sqnr(ours: np.ndarray, ref: np.ndarray, mask: np.ndarray) -> float:
+    """SQNR in dB over real (unpadded) token positions of [batch, seq, hidden] tensors."""
+    keep = (mask != 0)[..., None]
+    signal = np.sum(np.square(ref.astype(np.float64)) * keep)
+    noise = np.sum(np.square(ours.astype(np.float64) - ref) * keep)
+    return float(10 * np.log10(signal / noise)) if noise else float("inf")

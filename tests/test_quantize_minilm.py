@@ -10,18 +10,12 @@ import numpy as np
 import pytest
 
 import qexport
-from qexport.frontend.text import read_lines, tokenize
 from qexport.ir import serde
-from tests.conftest import DOCSTRINGS
 
 
 @pytest.fixture(scope="module")
-def texts(minilm_dir):
-    lines = read_lines(DOCSTRINGS)
-    names = ["input_ids", "attention_mask", "token_type_ids"]
-    calib = tokenize(lines[:128], minilm_dir, 128, names)
-    held_out = tokenize(lines[128:328], minilm_dir, 128, names)
-    return calib, held_out
+def texts(docstring_texts):
+    return docstring_texts
 
 
 def pooled_outputs(graph, inputs, simulate=True):
@@ -46,8 +40,8 @@ def reference(minilm, texts):
 
 
 @pytest.fixture(scope="module")
-def int8_graph(minilm, texts):
-    return qexport.quantize(minilm[0].graph, "int8", calibration=texts[0])
+def int8_graph(minilm_int8):
+    return minilm_int8
 
 
 def test_int8_keeps_bert_accurate(int8_graph, texts, reference):
@@ -85,9 +79,19 @@ def test_int8_records_its_decisions(int8_graph):
     meta = int8_graph.metadata
     assert meta["recipe"]["name"] == "int8" and meta["calibration"]["samples"] == 128
     rows = meta["sensitivity"]
-    assert len(rows) == 25 and sum(r["int16"] for r in rows) == 6
-    wide = {r["input"] for r in rows if r["int16"]}
-    assert all(int8_graph.quant[name].dtype.value == "int16" for name in wide)
+    assert len(rows) == 25 and not any(r["int16"] for r in rows)
+    assert all(0 < r["sqnr_db"] < 60 for r in rows)
+
+
+def test_int8_mixed_puts_the_most_sensitive_groups_in_int16(minilm, texts, reference):
+    graph = qexport.quantize(minilm[0].graph, "int8-mixed", calibration=texts[0])
+    rows = graph.metadata["sensitivity"]
+    wide = [r for r in rows if r["int16"]]
+    assert len(wide) == 3 and max(r["sqnr_db"] for r in wide) <= min(
+        r["sqnr_db"] for r in rows if not r["int16"]
+    )
+    assert all(graph.quant[r["input"]].dtype.value == "int16" for r in wide)
+    assert parity(pooled_outputs(graph, texts[1]), reference)[2] >= 24.5
 
 
 def test_quantized_ir_round_trips_and_simulates_identically(int8_graph, texts, tmp_path):

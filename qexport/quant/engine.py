@@ -110,17 +110,16 @@ def quantize_graph(
         out.nodes.insert(position, node)
 
     if recipe.scheme == "static":
-        chosen: frozenset[str] = frozenset()
-        if recipe.sensitive_int16 and recipe.activation_dtype != "int16" and calib is not None:
-            _static_activation_specs(out, recipe, calib, stats, act_values, quantize_bias=False)
-            table = sensitivity(graph, out, calib, list(act_values))
-            worst = sorted(table, key=lambda row: row[1])[: recipe.sensitive_int16]
-            chosen = frozenset(name for name, _ in worst)
+        # Sensitivity: what each activation group costs alone (recorded for every static recipe);
+        # the ``sensitive_int16`` worst groups get int16 activations.
+        _static_activation_specs(out, recipe, calib, stats, act_values, quantize_bias=False)
+        table = sensitivity(graph, out, calib, list(act_values)) if calib is not None else []
+        wide = 0 if recipe.activation_dtype == "int16" else recipe.sensitive_int16
+        chosen = frozenset(name for name, _ in sorted(table, key=lambda row: row[1])[:wide])
         _static_activation_specs(out, recipe, calib, stats, act_values, chosen)
-        if chosen:
-            out.metadata["sensitivity"] = [
-                {"input": n, "sqnr_db": round(v, 2), "int16": n in chosen} for n, v in table
-            ]
+        out.metadata["sensitivity"] = [
+            {"input": n, "sqnr_db": round(v, 2), "int16": n in chosen} for n, v in table
+        ]
     elif recipe.scheme == "dynamic":
         for name in act_values:
             out.quant[name] = QuantSpec(
@@ -154,13 +153,23 @@ def sensitivity(
     for name in act_names:
         trial.quant = {k: v for k, v in quantized.quant.items() if k not in act_names or k == name}
         result = run(trial, chunk)
-        rows.append((name, _sqnr(reference, result)))
+        rows.append((name, _sqnr(reference, result, chunk.get("attention_mask"))))
     return rows
 
 
-def _sqnr(reference: dict[str, np.ndarray], result: dict[str, np.ndarray]) -> float:
-    signal = sum(float(np.sum(np.square(v.astype(np.float64)))) for v in reference.values())
-    noise = sum(float(np.sum(np.square(result[k].astype(np.float64) - v))) for k, v in reference.items())
+def _sqnr(
+    reference: dict[str, np.ndarray], result: dict[str, np.ndarray], mask: np.ndarray | None = None
+) -> float:
+    """SQNR over all outputs; padded token positions (attention_mask == 0) do not count."""
+    signal = noise = 0.0
+    for key, ref in reference.items():
+        diff = result[key].astype(np.float64) - ref
+        ref64 = ref.astype(np.float64)
+        if mask is not None and ref.ndim >= 2 and ref.shape[:2] == mask.shape:
+            keep = (mask != 0).reshape(mask.shape + (1,) * (ref.ndim - 2))
+            diff, ref64 = diff * keep, ref64 * keep
+        signal += float(np.sum(np.square(ref64)))
+        noise += float(np.sum(np.square(diff)))
     return float(10 * np.log10(signal / noise)) if noise > 0 else float("inf")
 
 

@@ -111,7 +111,8 @@ def _one_of(key: str, value: Any, allowed: tuple[str, ...]) -> None:
 BUILTIN: dict[str, Recipe] = {
     r.name: r
     for r in (
-        Recipe(name="int8", scheme="static", smooth_alpha=0.8, sensitive_int16=6),
+        Recipe(name="int8", scheme="static", smooth_alpha=0.8),
+        Recipe(name="int8-mixed", scheme="static", smooth_alpha=0.8, sensitive_int16=3),
         Recipe(name="int16x8", scheme="static", activation_dtype="int16", smooth_alpha=0.5),
         Recipe(name="dynamic", scheme="dynamic", activation_dtype="int8", smooth_alpha=0.5),
         Recipe(name="weight-only", scheme="weight-only", smooth_alpha=None),

@@ -53,6 +53,13 @@ def render(graph: Graph, path: Path, console: Console) -> None:
             escape(node.name), node.op.value, escape(args), f"{info.dtype}{_fmt_shape(info.shape)}", quant
         )
     console.print(table)
+    rows = meta.get("sensitivity") or []
+    if rows:
+        console.print("sensitivity (output SQNR with only this activation group quantized; lowest first):")
+        for row in sorted(rows, key=lambda r: r["sqnr_db"]):
+            console.print(
+                f"  {row['sqnr_db']:6.2f} dB  {escape(row['input'])}" + ("  [int16]" if row["int16"] else "")
+            )
 
 
 def _describe_input(graph: Graph, name: str) -> str:

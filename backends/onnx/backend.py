@@ -1,0 +1,143 @@
+"""Lower a (quantized) IR graph to an ONNX QDQ model and run it with onnxruntime."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from qexport.atomic import write_bytes
+from qexport.errors import QExportError
+from qexport.ir.graph import Graph, QuantSpec
+
+OPSET = 21  # int16 QuantizeLinear/DequantizeLinear and per-axis int8 QDQ need opset >= 21
+PRODUCER = "qexport"
+_LAZY = {"Linear": 1, "Gather": 0}  # inputs whose layout the op's own lowering decides
+
+
+class OnnxBackend:
+    name = "onnx"
+    suffix = ".onnx"
+
+    def check(self, graph: Graph) -> None:
+        from qexport.backends.onnx.lowering import LOWERINGS
+
+        for node in graph.nodes:
+            if node.op not in LOWERINGS:
+                supported = ", ".join(sorted(op.value for op in LOWERINGS))
+                raise QExportError(
+                    f"onnx backend cannot lower op {node.op.value} (node {node.name!r}); supported: {supported}"
+                )
+            if node.op.value == "Linear" and node.inputs[1] not in graph.constants:
+                raise QExportError(f"onnx backend: Linear {node.name!r} needs a constant weight")
+
+    def build(self, graph: Graph) -> Any:
+        """The onnx.ModelProto for ``graph`` (checked by onnx.checker)."""
+        import onnx
+        from onnx import helper
+        from qexport.backends.onnx.builder import OnnxBuilder
+        from qexport.backends.onnx.lowering import _ONNX_DTYPES, LOWERINGS
+
+        from qexport import __version__
+
+        self.check(graph)
+        b = OnnxBuilder(graph)
+        for node in graph.nodes:
+            # Linear weights are laid out by lower_linear itself (transposed), not resolved here.
+            xs = [
+                ""
+                if (node.op.value in ("Linear", "Gather") and i == _LAZY[node.op.value])
+                else _resolve(b, graph, name)
+                for i, name in enumerate(node.inputs)
+            ]
+            out = node.outputs[0]
+            spec = graph.quant.get(out)
+            produced = f"{out}_float" if spec is not None else out
+            LOWERINGS[node.op](b, node, xs, produced)
+            if spec is not None and spec.dynamic:
+                _dynamic_fake_quant(b, out, produced, spec)
+            elif spec is not None:
+                b.qdq_activation(out, produced, spec)
+        outputs = []
+        for public, value in graph.outputs.items():
+            b.node("Identity", [value], public, name=f"output.{public}")
+            info = graph.values[value]
+            outputs.append(helper.make_tensor_value_info(public, _ONNX_DTYPES[info.dtype], list(info.shape)))
+        inputs = [
+            helper.make_tensor_value_info(n, _ONNX_DTYPES[i.dtype], list(i.shape))
+            for n, i in graph.inputs.items()
+        ]
+        onnx_graph = helper.make_graph(
+            b.nodes, "qexport", inputs, outputs, initializer=list(b.initializers.values())
+        )
+        model = helper.make_model(
+            onnx_graph,
+            opset_imports=[helper.make_opsetid("", OPSET)],
+            producer_name=PRODUCER,
+            producer_version=__version__,
+        )
+        model.ir_version = 10
+        recipe = graph.metadata.get("recipe", {})
+        helper.set_model_props(model, {"qexport.recipe": str(recipe.get("name", recipe))})
+        try:
+            onnx.checker.check_model(model, full_check=True)
+        except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+            raise QExportError(
+                f"onnx backend produced an invalid model: {str(exc).splitlines()[0]}"
+            ) from None
+        return model
+
+    def lower(self, graph: Graph, path: Path) -> dict[str, Any]:
+        model = self.build(graph)
+        data = model.SerializeToString(deterministic=True)
+        write_bytes(Path(path), data)
+        return {"opset": OPSET, "ir_version": model.ir_version}
+
+    def session(self, path: Path, *, threads: int = 2, optimize: bool = True) -> Any:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        if not optimize:
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+    def run(self, path: Path, inputs: dict[str, Any], *, session: Any = None) -> dict[str, Any]:
+        sess = session or self.session(path)
+        feed = {i.name: np.asarray(inputs[i.name]).astype(np.int64) for i in sess.get_inputs()}
+        names = [o.name for o in sess.get_outputs()]
+        return dict(zip(names, sess.run(names, feed), strict=True))
+
+
+def _resolve(b: Any, graph: Graph, name: str) -> str:
+    """ONNX name for an IR input: quantized constants become DequantizeLinear outputs."""
+    if not name:
+        return ""
+    if name in graph.constants:
+        spec = graph.quant.get(name)
+        array = graph.constants[name]
+        if spec is None:
+            return b.initializer(name, array)
+        return b.dequantized_constant(name, array, spec, axis=spec.axis)
+    return name
+
+
+def _dynamic_fake_quant(b: Any, out: str, produced: str, spec: QuantSpec) -> None:
+    """Run-time symmetric quantization (per token for axis=-1) expressed in float ops."""
+    qmax = np.float32(spec.dtype.qmax)
+    axes = b.const(np.array([spec.axis if spec.axis is not None else 0], np.int64))
+    absx = b.node("Abs", [produced], f"{out}_abs")
+    if spec.axis is None:
+        amax = b.node("ReduceMax", [absx], f"{out}_amax", keepdims=0)
+    else:
+        amax = b.node("ReduceMax", [absx, axes], f"{out}_amax", keepdims=1)
+    scale = b.node("Div", [amax, b.const(np.array(qmax))], f"{out}_dynscale")
+    positive = b.node("Greater", [amax, b.const(np.array(0, np.float32))], f"{out}_positive")
+    safe = b.node("Where", [positive, scale, b.const(np.array(1, np.float32))], f"{out}_scale_safe")
+    ratio = b.node("Div", [produced, safe], f"{out}_ratio")
+    rounded = b.node("Round", [ratio], f"{out}_round")
+    clipped = b.node("Clip", [rounded, b.const(np.array(-qmax)), b.const(np.array(qmax))], f"{out}_clip")
+    b.node("Mul", [clipped, safe], out, name=f"{out}_dynamic_quant")

@@ -1,0 +1,80 @@
+"""Accumulates ONNX nodes and initializers while lowering; owns the QDQ naming scheme.
+
+Names: a quantized constant ``W`` becomes initializers ``W_quantized``, ``W_scale``,
+``W_zero_point`` and a DequantizeLinear producing ``W``. A quantized activation ``v`` is
+produced as ``v_float``, quantized to ``v_quantized`` and dequantized back to ``v``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from qexport.ir.graph import Graph, QuantSpec
+
+_Q_TYPES = {
+    "int8": onnx.TensorProto.INT8,
+    "uint8": onnx.TensorProto.UINT8,
+    "int16": onnx.TensorProto.INT16,
+    "int32": onnx.TensorProto.INT32,
+}
+
+
+class OnnxBuilder:
+    def __init__(self, graph: Graph) -> None:
+        self.graph = graph
+        self.nodes: list[onnx.NodeProto] = []
+        self.initializers: dict[str, onnx.TensorProto] = {}
+        self.cache: dict[str, str] = {}
+        self._counter = 0
+
+    def fresh(self, base: str) -> str:
+        self._counter += 1
+        return f"{base}.{self._counter}"
+
+    def node(self, op: str, inputs: list[str], output: str, name: str | None = None, **attrs: Any) -> str:
+        self.nodes.append(helper.make_node(op, inputs, [output], name=name or output, **attrs))
+        return output
+
+    def initializer(self, name: str, array: np.ndarray) -> str:
+        if name not in self.initializers:
+            self.initializers[name] = numpy_helper.from_array(np.asarray(array), name)
+        return name
+
+    def const(self, array: np.ndarray) -> str:
+        """An anonymous constant, deduplicated by value."""
+        array = np.asarray(array)
+        key = f"const.{array.dtype}.{array.shape}.{array.tobytes().hex()[:64]}.{hash(array.tobytes())}"
+        if key not in self.cache:
+            self._counter += 1
+            self.cache[key] = self.initializer(f"const.{self._counter}", array)
+        return self.cache[key]
+
+    # -- QDQ --------------------------------------------------------------
+    def qparams(self, name: str, spec: QuantSpec) -> tuple[str, str]:
+        """Scale and zero-point initializers, named after the quantized tensor."""
+        zero = spec.zero_point.astype(spec.dtype.storage)
+        return (self.initializer(f"{name}_scale", spec.scale), self.initializer(f"{name}_zero_point", zero))
+
+    def dequantized_constant(self, name: str, integers: np.ndarray, spec: QuantSpec, axis: int | None) -> str:
+        """``name`` (float) = DequantizeLinear(name_quantized, name_scale, name_zero_point)."""
+        if name in self.cache:
+            return self.cache[name]
+        q = self.initializer(f"{name}_quantized", integers)
+        scale, zero = self.qparams(name, spec)
+        attrs = {"axis": axis} if axis is not None else {}
+        self.cache[name] = self.node(
+            "DequantizeLinear", [q, scale, zero], name, name=f"{name}_dequantize", **attrs
+        )
+        return name
+
+    def qdq_activation(self, value: str, produced: str, spec: QuantSpec) -> None:
+        """QuantizeLinear + DequantizeLinear from ``produced`` (float) to ``value``."""
+        scale, zero = self.qparams(value, spec)
+        q = self.node(
+            "QuantizeLinear", [produced, scale, zero], f"{value}_quantized", name=f"{value}_quantize"
+        )
+        self.node("DequantizeLinear", [q, scale, zero], value, name=f"{value}_dequantize")

@@ -1,0 +1,146 @@
+"""ONNX QDQ backend on real MiniLM weights, run by the real onnxruntime."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+from qexport.backends import get
+from qexport.backends.onnx import lowering
+
+import qexport
+from qexport.errors import QExportError
+from qexport.ir.ops import Op
+from tests.conftest import masked_sqnr, run_cli
+from tests.test_quantize_minilm import parity, pooled_outputs
+
+
+@pytest.fixture(scope="module")
+def backend():
+    return get("onnx")
+
+
+@pytest.fixture(scope="module")
+def int8_onnx(minilm_int8, backend, tmp_path_factory):
+    path = tmp_path_factory.mktemp("onnx") / "model.onnx"
+    facts = backend.lower(minilm_int8, path)
+    assert facts["opset"] == 21
+    return path
+
+
+def onnx_pooled(backend, path, inputs):
+    session = backend.session(path)
+    rows = []
+    for start in range(0, len(inputs["input_ids"]), 8):
+        batch = {k: v[start : start + 8] for k, v in inputs.items()}
+        hidden = backend.run(path, batch, session=session)["last_hidden_state"]
+        mask = batch["attention_mask"][..., None].astype(np.float32)
+        rows.append((hidden * mask).sum(1) / mask.sum(1))
+    return np.concatenate(rows)
+
+
+def test_model_passes_the_full_checker(int8_onnx):
+    onnx.checker.check_model(onnx.load(str(int8_onnx)), full_check=True)
+
+
+@pytest.mark.parametrize(("batch", "seq"), [(1, 16), (3, 57), (8, 128)])
+def test_dynamic_batch_and_sequence(int8_onnx, backend, minilm_int8, docstring_texts, batch, seq):
+    inputs = {k: v[:batch, :seq] for k, v in docstring_texts[1].items()}
+    out = backend.run(int8_onnx, inputs)
+    assert out["last_hidden_state"].shape == (batch, seq, 384) and out["pooler_output"].shape == (batch, 384)
+    ref = qexport.run_reference(minilm_int8, inputs)["last_hidden_state"]
+    assert masked_sqnr(out["last_hidden_state"], ref, inputs["attention_mask"]) > 25
+
+
+def test_scales_zero_points_and_integers_are_the_irs_bit_for_bit(int8_onnx, minilm_int8):
+    inits = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(int8_onnx)).graph.initializer}
+    graph = minilm_int8
+    assert graph.quant, "nothing quantized"
+    for name, spec in graph.quant.items():
+        assert inits[f"{name}_scale"].tobytes() == spec.scale.tobytes(), name
+        if f"{name}_zero_point" not in inits:  # embedding tables: gathered rows scaled, zero point 0
+            assert name.endswith("embeddings.weight") and not spec.zero_point.any(), name
+            continue
+        assert np.array_equal(inits[f"{name}_zero_point"], spec.zero_point.astype(spec.dtype.storage)), name
+        assert inits[f"{name}_zero_point"].dtype == np.dtype(spec.dtype.storage), name
+    dense = "encoder.layer.1.intermediate.dense"
+    assert np.array_equal(inits[f"{dense}.weight_quantized"], graph.constants[f"{dense}.weight"].T)
+    assert np.array_equal(inits[f"{dense}.bias_quantized"], graph.constants[f"{dense}.bias"])
+    table = "embeddings.word_embeddings.weight"
+    assert np.array_equal(inits[f"{table}_quantized"], graph.constants[table])
+    assert not any(a.dtype == np.float32 and a.size > 1_000_000 for a in inits.values()), (
+        "fp32 copy of a weight"
+    )
+
+
+def test_parity_with_ir_simulation_and_fp32(int8_onnx, backend, minilm, minilm_int8, docstring_texts):
+    held_out = docstring_texts[1]
+    ours = onnx_pooled(backend, int8_onnx, held_out)
+    simulated = pooled_outputs(minilm_int8, held_out)
+    fp32 = pooled_outputs(minilm[0].graph, held_out, simulate=False)
+    cos_mean, cos_min, sqnr = parity(ours, fp32)
+    assert cos_mean >= 0.998 and cos_min >= 0.99 and sqnr >= 24.0, (cos_mean, cos_min, sqnr)
+    # Float differences before each quantizer flip some roundings by one step; measured ~35 dB.
+    assert parity(ours, simulated)[2] >= 30.0
+
+
+def test_graph_optimizations_on_and_off_agree(int8_onnx, backend, docstring_texts):
+    inputs = {k: v[:4] for k, v in docstring_texts[1].items()}
+    on = backend.run(int8_onnx, inputs, session=backend.session(int8_onnx, optimize=True))
+    off = backend.run(int8_onnx, inputs, session=backend.session(int8_onnx, optimize=False))
+    assert masked_sqnr(on["last_hidden_state"], off["last_hidden_state"], inputs["attention_mask"]) >= 30.0
+
+
+def test_size_is_about_a_quarter_of_fp32(int8_onnx, minilm_dir):
+    assert int8_onnx.stat().st_size <= 0.27 * (minilm_dir / "model.safetensors").stat().st_size
+
+
+def test_fp32_recipe_gives_a_float_model(minilm, backend, tmp_path, docstring_texts):
+    graph = qexport.quantize(minilm[0].graph, "fp32")
+    backend.lower(graph, tmp_path / "fp32.onnx")
+    ops = {n.op_type for n in onnx.load(str(tmp_path / "fp32.onnx")).graph.node}
+    assert not ops & {"QuantizeLinear", "DequantizeLinear"}
+    inputs = {k: v[:2] for k, v in docstring_texts[1].items()}
+    ours = backend.run(tmp_path / "fp32.onnx", inputs)["last_hidden_state"]
+    assert np.abs(ours - qexport.run_reference(graph, inputs)["last_hidden_state"]).max() < 1e-4
+
+
+def test_dynamic_recipe_lowers_and_agrees(minilm, backend, tmp_path, docstring_texts):
+    graph = qexport.quantize(minilm[0].graph, "dynamic")
+    backend.lower(graph, tmp_path / "dyn.onnx")
+    inputs = {k: v[:4] for k, v in docstring_texts[1].items()}
+    ours = backend.run(tmp_path / "dyn.onnx", inputs)["last_hidden_state"]
+    ref = qexport.run_reference(graph, inputs)["last_hidden_state"]
+    # Per-token run-time scales: one-step rounding flips re-roll the noise (measured 24.4 dB).
+    assert masked_sqnr(ours, ref, inputs["attention_mask"]) >= 22.0
+
+
+def test_op_without_lowering_fails_before_writing(tiny_model_dirs, backend, tmp_path, monkeypatch):
+    graph = qexport.capture(tiny_model_dirs["bert"], seq_len=16)
+    monkeypatch.delitem(lowering.LOWERINGS, Op.GELU)
+    with pytest.raises(
+        QExportError, match=r"cannot lower op Gelu \(node 'encoder\.layer\.0\.intermediate.*supported"
+    ):
+        backend.lower(graph, tmp_path / "m.onnx")
+    assert not list(tmp_path.iterdir())
+
+
+def test_unwritable_output(tiny_model_dirs, backend, tmp_path):
+    graph = qexport.capture(tiny_model_dirs["bert"], seq_len=16)
+    with pytest.raises(QExportError, match="cannot write"):
+        backend.lower(graph, tmp_path / "missing-dir" / "m.onnx")
+    assert not (tmp_path / "missing-dir").exists()
+
+
+def test_cli_writes_onnx_with_manifest(tiny_model_dirs, tmp_path):
+    out = tmp_path / "out"
+    result = run_cli(str(tiny_model_dirs["bert"]), "--to", "onnx", "-o", str(out), "--seq-len", "32")
+    assert result.returncode == 0, result.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    (artifact,) = manifest["artifacts"]
+    assert artifact["backend"] == "onnx" and artifact["file"] == "model.onnx" and artifact["opset"] == 21
+    assert artifact["bytes"] == (out / "model.onnx").stat().st_size
+    assert run_cli("check", str(out)).returncode == 0
