@@ -14,7 +14,7 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import click
 import typer
@@ -88,7 +88,11 @@ def _step(label: str) -> Iterator[None]:
 def convert_cmd(
     src: Annotated[str, typer.Argument(help="Model source (see above).", show_default=False)],
     to: Annotated[
-        str | None, typer.Option("--to", help="Comma-separated backends; default: every available one.")
+        str | None,
+        typer.Option(
+            "--to",
+            help="Comma-separated backends (onnx, ...); default: every available one; none: model.qir only.",
+        ),
     ] = None,
     out: Annotated[
         Path, typer.Option("-o", "--out", help="Output directory (created; files replaced atomically).")
@@ -116,6 +120,12 @@ def convert_cmd(
         bool,
         typer.Option("--trust-pickle", help="Allow unpickling a whole nn.Module (runs code from the file!)."),
     ] = False,
+    check: Annotated[
+        bool,
+        typer.Option(
+            "--check/--no-check", help="Run the parity check on the artifacts (exit 1 below threshold)."
+        ),
+    ] = True,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
 ) -> None:
     from qexport.convert import ConvertOptions, convert, parse_targets
@@ -144,6 +154,15 @@ def convert_cmd(
             + ("" if available() else " (no backends are installed in this build yet)")
             + "[/]"
         )
+    captured = manifest.pop("_captured")
+    if check:
+        from qexport.parity.check import check_outdir, load_thresholds
+
+        thresholds = load_thresholds(Path("pyproject.toml"))
+        doc = check_outdir(out, thresholds=thresholds, captured=captured, tokenizer=tokenizer, step=_step)
+        _print_parity(doc)
+        if not doc["passed"]:
+            raise typer.Exit(1)
 
 
 @app.command("inspect", help="Print a .qir file: inputs, outputs, ops, shapes, quant params, sizes.")
@@ -167,18 +186,74 @@ def inspect_cmd(
 
 @app.command(
     "check",
-    help="Verify OUT: manifest present, every artifact matches its sha256, "
-    "model.qir loads. (Parity against fp32 arrives with the parity checker.)",
+    help="Run every artifact in OUT with its real runtime on evaluation data and compare it with torch fp32 "
+    "and the IR simulation; writes parity.json, junit.xml and report.md. Exit 0 pass, 1 below a threshold, "
+    "2 bad input. Thresholds: flags, else [tool.qexport.check] in ./pyproject.toml, else the defaults.",
 )
 def check_cmd(
     out: Annotated[Path, typer.Argument(help="An output directory written by qexport.", show_default=False)],
+    data: Annotated[
+        Path | None,
+        typer.Option("--data", help="Evaluation data: text file or .npz (default: built-in sentences)."),
+    ] = None,
+    min_cos: Annotated[
+        float | None, typer.Option("--min-cos", help="Minimum mean cosine vs fp32 (default 0.995).")
+    ] = None,
+    min_sqnr: Annotated[
+        float | None, typer.Option("--min-sqnr", help="Minimum SQNR in dB vs fp32 (default 20).")
+    ] = None,
+    min_agreement: Annotated[
+        float | None,
+        typer.Option("--min-agreement", help="Minimum top-1 agreement for logits (default 0.99)."),
+    ] = None,
+    tokenizer: Annotated[
+        Path | None, typer.Option("--tokenizer", help="Tokenizer directory for text --data.")
+    ] = None,
+    config: Annotated[
+        Path | None, typer.Option("--config", help="config.json for a state_dict source.")
+    ] = None,
+    trust_pickle: Annotated[
+        bool, typer.Option("--trust-pickle", help="Allow unpickling a pickled source module.")
+    ] = False,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
 ) -> None:
-    from qexport.integrity import verify_outdir
+    from qexport.parity.check import check_outdir, load_thresholds
 
-    manifest = verify_outdir(out)
-    files = ["model.qir", *[a["file"] for a in manifest["artifacts"]]]
-    console.print(f"[green]✓[/] {out}: manifest and {len(files)} file(s) verified: {', '.join(files)}")
+    thresholds = load_thresholds(
+        Path("pyproject.toml"), min_cos=min_cos, min_sqnr=min_sqnr, min_agreement=min_agreement
+    )
+    doc = check_outdir(
+        out,
+        data=data,
+        thresholds=thresholds,
+        tokenizer=tokenizer,
+        config=config,
+        trust_pickle=trust_pickle,
+        step=_step,
+    )
+    _print_parity(doc)
+    if not doc["passed"]:
+        raise typer.Exit(1)
+
+
+def _print_parity(doc: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    table = Table("reference", "candidate", "output", "cos mean", "cos min", "SQNR dB", "gate", box=None)
+    for r in doc["comparisons"]:
+        gate = "" if "pass" not in r else ("[green]pass[/]" if r["pass"] else "[red]FAIL[/]")
+        table.add_row(
+            r["reference"],
+            r["candidate"],
+            r["output"],
+            f"{r['cos_mean']:.5f}",
+            f"{r['cos_min']:.5f}",
+            f"{r['sqnr_db']:.2f}",
+            gate,
+        )
+    console.print(table)
+    verdict = "[green]✓ parity passed[/]" if doc["passed"] else "[red]✗ parity below threshold[/]"
+    console.print(verdict + " — details in parity.json, junit.xml, report.md")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -189,7 +264,9 @@ def main(argv: list[str] | None = None) -> None:
     if not debug:  # third-party warnings (torch, transformers) are noise to a CLI user
         warnings.filterwarnings("ignore")
     try:
-        app(args=args, prog_name="qexport", standalone_mode=False)
+        code = app(args=args, prog_name="qexport", standalone_mode=False)
+        if isinstance(code, int) and code:  # typer.Exit(n) is returned, not raised, in this mode
+            sys.exit(code)
     except QExportError as exc:
         if debug:
             raise

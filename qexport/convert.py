@@ -47,6 +47,8 @@ def parse_targets(text: str | None) -> list[str]:
     """``"tflite,onnx"`` -> ["tflite", "onnx"], checked against the registry."""
     if text is None:
         return backends.available()
+    if text.strip().lower() in ("", "none"):
+        return []  # model.qir and the manifest only
     names = [t.strip() for t in text.split(",") if t.strip()]
     for name in names:
         backends.get(name)  # raises UsageError naming the available ones
@@ -111,6 +113,7 @@ def convert(src: str | Path, out: Path, opts: ConvertOptions, step: Step | None 
         }
         (stage.dir / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
         stage.publish()
+    manifest["_captured"] = captured  # in memory only: lets the parity check skip re-capturing
     return manifest
 
 

@@ -36,10 +36,10 @@ class OnnxBackend:
         """The onnx.ModelProto for ``graph`` (checked by onnx.checker)."""
         import onnx
         from onnx import helper
-        from qexport.backends.onnx.builder import OnnxBuilder
-        from qexport.backends.onnx.lowering import _ONNX_DTYPES, LOWERINGS
 
         from qexport import __version__
+        from qexport.backends.onnx.builder import OnnxBuilder
+        from qexport.backends.onnx.lowering import _ONNX_DTYPES, LOWERINGS
 
         self.check(graph)
         b = OnnxBuilder(graph)

@@ -10,9 +10,9 @@ from collections.abc import Callable
 
 import numpy as np
 import onnx
+
 from qexport.backends.onnx.builder import OnnxBuilder
 from qexport.backends.onnx.symbolic import expr_tensor, shape_tensor
-
 from qexport.ir.graph import Node
 from qexport.ir.ops import Op
 

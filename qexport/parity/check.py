@@ -1,0 +1,248 @@
+"""``qexport check OUT``: run every artifact with its real runtime and gate on parity.
+
+Comparisons (per model output): torch fp32 vs IR float (capture fidelity), torch fp32 vs IR
+simulation (quantization error), IR simulation vs each artifact (lowering + kernel error),
+torch fp32 vs each artifact (what ships — the gated one), and artifacts pairwise.
+Writes parity.json, junit.xml and report.md into OUT. Keys are documented in docs/parity.md.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from qexport.atomic import write_bytes
+from qexport.errors import QExportError, UsageError
+from qexport.integrity import verify_outdir
+from qexport.ir import serde
+from qexport.parity.junit import junit_xml
+from qexport.parity.metrics import compare
+
+EVAL_TEXT = Path(__file__).resolve().parents[1] / "data" / "evaluation_sentences.txt"
+Step = Callable[[str], AbstractContextManager[Any]]
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Documented defaults (docs/parity.md); applied to torch fp32 vs each artifact."""
+
+    min_cos: float = 0.995
+    min_sqnr: float = 20.0
+    min_agreement: float = 0.99
+
+
+def load_thresholds(pyproject: Path | None, **flags: float | None) -> Thresholds:
+    """Defaults, overridden by [tool.qexport.check] in pyproject.toml, overridden by flags."""
+    import tomllib
+
+    values = asdict(Thresholds())
+    if pyproject is not None and pyproject.is_file():
+        try:
+            section = (
+                tomllib.loads(pyproject.read_text(encoding="utf-8"))
+                .get("tool", {})
+                .get("qexport", {})
+                .get("check", {})
+            )
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise UsageError(f"{pyproject}: unreadable ({exc})") from None
+        unknown = set(section) - set(values)
+        if unknown:
+            raise UsageError(
+                f"{pyproject}: [tool.qexport.check] has unknown keys {sorted(unknown)}; known: {sorted(values)}"
+            )
+        values.update({k: float(v) for k, v in section.items()})
+    values.update({k: float(v) for k, v in flags.items() if v is not None})
+    return Thresholds(**values)
+
+
+def _fingerprint(arrays: dict[str, np.ndarray]) -> str:
+    digest = hashlib.sha256()
+    for name in sorted(arrays):
+        digest.update(name.encode() + np.ascontiguousarray(arrays[name]).tobytes())
+    return digest.hexdigest()[:16]
+
+
+def evaluation_inputs(
+    graph: Any, data: Path | None, seq_len: int, tokenizer_dir: Path | None
+) -> tuple[dict, str]:
+    from qexport.frontend.text import read_lines, tokenize
+    from qexport.quant.calibration import check_arrays, random_tokens
+
+    if data is not None and Path(data).suffix.lower() == ".npz":
+        try:
+            with np.load(data, allow_pickle=False) as npz:
+                arrays = {k: npz[k] for k in npz.files}
+        except (OSError, ValueError, EOFError) as exc:
+            raise QExportError(f"{data}: not a readable .npz ({exc})") from None
+        return check_arrays(graph, arrays, str(data)), f"npz:{Path(data).name}"
+    if data is None and tokenizer_dir is None:
+        arrays = random_tokens(graph, seq_len, samples=16)
+        rng = np.random.default_rng(1)  # disjoint from the calibration fallback (seed 0)
+        arrays["input_ids"] = rng.integers(
+            1, int(arrays["input_ids"].max()) + 1, arrays["input_ids"].shape
+        ).astype(arrays["input_ids"].dtype)
+        return arrays, "random-tokens(seed 1)"
+    path = Path(data) if data is not None else EVAL_TEXT
+    if tokenizer_dir is None:
+        raise QExportError(f"{path}: text evaluation data needs a tokenizer; pass --tokenizer DIR")
+    lines = read_lines(path)
+    return tokenize(
+        lines, tokenizer_dir, seq_len, list(graph.inputs)
+    ), f"text:{path.name} ({len(lines)} lines)"
+
+
+def _batched(
+    fn: Callable[[dict], dict], inputs: dict[str, np.ndarray], size: int = 8
+) -> dict[str, np.ndarray]:
+    parts: dict[str, list[np.ndarray]] = {}
+    total = len(next(iter(inputs.values())))
+    for start in range(0, total, size):
+        out = fn({k: v[start : start + size] for k, v in inputs.items()})
+        for key, value in out.items():
+            parts.setdefault(key, []).append(np.asarray(value))
+    return {k: np.concatenate(v) for k, v in parts.items()}
+
+
+def check_outdir(
+    out: Path,
+    *,
+    data: Path | None = None,
+    thresholds: Thresholds = Thresholds(),
+    captured: Any = None,
+    tokenizer: Path | None = None,
+    trust_pickle: bool = False,
+    config: Path | None = None,
+    step: Step | None = None,
+) -> dict[str, Any]:
+    """Run the comparisons; write parity.json, junit.xml, report.md; return the parity doc."""
+    import torch
+
+    from qexport import backends
+    from qexport.frontend.pipeline import capture_source
+    from qexport.reference.executor import run
+
+    step = step or (lambda _label: nullcontext())
+    out = Path(out)
+    manifest = verify_outdir(out)
+    graph = serde.load(out / manifest["ir"]["file"])
+    seq_len = int(manifest["shapes"]["seq_len"])
+    if captured is None:
+        with step("re-capturing the fp32 source for reference"):
+            src = manifest["source"]["path"]
+            try:
+                captured = capture_source(src, seq_len=seq_len, config=config, trust_pickle=trust_pickle)
+            except QExportError as exc:
+                raise QExportError(f"cannot load the fp32 source named in the manifest ({exc})") from None
+        if captured.source.sha256 != manifest["source"]["sha256"]:
+            raise QExportError(
+                f"{manifest['source']['path']}: changed since conversion (sha256 differs); re-run it"
+            )
+    inputs, origin = evaluation_inputs(graph, data, seq_len, tokenizer or captured.source.tokenizer_dir)
+    mask = inputs.get("attention_mask")
+    reference_module = captured.reference_module or captured.exported.program.module()
+
+    def torch_fp32(batch: dict) -> dict:
+        with torch.no_grad():
+            result = reference_module(**{k: torch.from_numpy(v) for k, v in batch.items()})
+        return dict(zip(graph.outputs, (r.numpy() for r in result), strict=True))
+
+    with step(
+        f"running torch fp32, the IR float and simulated ({len(mask) if mask is not None else '?'} samples)"
+    ):
+        results = {
+            "torch_fp32": _batched(torch_fp32, inputs),
+            "ir_float": _batched(lambda b: run(captured.graph, b, simulate=False), inputs),
+            "ir_simulated": _batched(lambda b: run(graph, b), inputs),
+        }
+    for artifact in manifest["artifacts"]:
+        backend = backends.get(artifact["backend"])
+        with step(f"running {artifact['file']} with {backend.name}"):
+            results[artifact["backend"]] = _batched(
+                lambda b, be=backend, a=artifact: be.run(out / a["file"], b), inputs
+            )
+
+    pairs = [("torch_fp32", "ir_float"), ("torch_fp32", "ir_simulated")]
+    names = [a["backend"] for a in manifest["artifacts"]]
+    pairs += [("ir_simulated", n) for n in names] + [("torch_fp32", n) for n in names]
+    pairs += [(a, b) for i, a in enumerate(names) for b in names[i + 1 :]]
+    comparisons = []
+    for ref_name, cand_name in pairs:
+        for output in graph.outputs:
+            metrics = compare(
+                results[cand_name][output], results[ref_name][output], mask, logits=output == "logits"
+            )
+            comparisons.append({"reference": ref_name, "candidate": cand_name, "output": output, **metrics})
+
+    cases = []
+    for row in comparisons:
+        if row["reference"] != "torch_fp32" or row["candidate"] not in names:
+            continue
+        failures = []
+        if row["cos_mean"] < thresholds.min_cos:
+            failures.append(f"cosine mean {row['cos_mean']:.5f} < {thresholds.min_cos}")
+        if row["sqnr_db"] < thresholds.min_sqnr:
+            failures.append(f"SQNR {row['sqnr_db']:.2f} dB < {thresholds.min_sqnr}")
+        if "top1_agreement" in row and row["top1_agreement"] < thresholds.min_agreement:
+            failures.append(f"top-1 agreement {row['top1_agreement']:.4f} < {thresholds.min_agreement}")
+        if row.get("nonfinite"):
+            failures.append(f"{row['nonfinite']} non-finite values")
+        row["pass"] = not failures
+        cases.append(
+            {
+                "name": f"{row['candidate']}.{row['output']}",
+                "classname": "qexport.parity",
+                "failure": "; ".join(failures) or None,
+                "properties": {k: row[k] for k in ("cos_mean", "cos_min", "sqnr_db", "max_abs")},
+            }
+        )
+    doc = {
+        "version": 1,
+        "passed": all(c["failure"] is None for c in cases),
+        "thresholds": asdict(thresholds),
+        "evaluation": {
+            "origin": origin,
+            "samples": len(next(iter(inputs.values()))),
+            "fingerprint": _fingerprint(inputs),
+        },
+        "calibration": manifest.get("calibration"),
+        "recipe": manifest.get("recipe"),
+        "comparisons": comparisons,
+    }
+    write_bytes(out / "parity.json", (json.dumps(doc, indent=2, allow_nan=True) + "\n").encode())
+    write_bytes(out / "junit.xml", junit_xml(cases))
+    write_bytes(out / "report.md", render_markdown(doc).encode())
+    return doc
+
+
+def render_markdown(doc: dict[str, Any]) -> str:
+    t = doc["thresholds"]
+    lines = [
+        f"# qexport parity — {'PASS' if doc['passed'] else 'FAIL'}",
+        "",
+        f"Evaluation: {doc['evaluation']['origin']}, {doc['evaluation']['samples']} samples, "
+        f"fingerprint {doc['evaluation']['fingerprint']}."
+        + (
+            f" Calibration: {doc['calibration']['origin']} (fingerprint {doc['calibration']['fingerprint']})."
+            if doc.get("calibration")
+            else ""
+        ),
+        f"Gate: torch fp32 vs each artifact, cosine mean ≥ {t['min_cos']}, SQNR ≥ {t['min_sqnr']} dB.",
+        "",
+        "| reference | candidate | output | cos mean | cos min | SQNR dB | max abs | gate |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in doc["comparisons"]:
+        gate = "" if "pass" not in r else ("pass" if r["pass"] else "**FAIL**")
+        lines.append(
+            f"| {r['reference']} | {r['candidate']} | {r['output']} | {r['cos_mean']:.5f} | "
+            f"{r['cos_min']:.5f} | {r['sqnr_db']:.2f} | {r['max_abs']:.3g} | {gate} |"
+        )
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,127 @@
+"""The parity checker on real MiniLM: passes at the defaults, catches a broken artifact, refuses bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from xml.etree import ElementTree as ET
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import numpy_helper
+
+from qexport.convert import ConvertOptions, convert, sha256_file
+from qexport.errors import QExportError
+from qexport.frontend.text import read_lines, tokenize
+from qexport.parity.check import EVAL_TEXT, check_outdir
+from tests.conftest import DOCSTRINGS, run_cli
+
+
+@pytest.fixture(scope="module")
+def converted(minilm_dir, tmp_path_factory):
+    root = tmp_path_factory.mktemp("parity")
+    calib = root / "calib.txt"
+    calib.write_text("\n".join(read_lines(DOCSTRINGS)[:128]) + "\n")
+    out = root / "out"
+    manifest = convert(minilm_dir, out, ConvertOptions(to=["onnx"], calib=calib))
+    doc = check_outdir(out, captured=manifest.pop("_captured"))
+    return out, doc
+
+
+def test_minilm_passes_at_the_default_thresholds(converted):
+    out, doc = converted
+    assert doc["passed"] and doc["thresholds"] == {"min_cos": 0.995, "min_sqnr": 20.0, "min_agreement": 0.99}
+    assert json.loads((out / "parity.json").read_text())["passed"] is True
+    kinds = {(r["reference"], r["candidate"]) for r in doc["comparisons"]}
+    assert {
+        ("torch_fp32", "ir_float"),
+        ("torch_fp32", "ir_simulated"),
+        ("ir_simulated", "onnx"),
+        ("torch_fp32", "onnx"),
+    } <= kinds
+    assert doc["evaluation"]["samples"] == 72 and doc["calibration"]["samples"] == 128
+
+
+def test_json_numbers_agree_with_an_independent_recomputation(converted, minilm_dir):
+    import onnxruntime as ort
+    from transformers import AutoModel
+
+    out, doc = converted
+    inputs = tokenize(
+        read_lines(EVAL_TEXT), minilm_dir, 128, ["input_ids", "attention_mask", "token_type_ids"]
+    )
+    session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    model = AutoModel.from_pretrained(str(minilm_dir)).eval()
+    cosines, signal, noise = [], 0.0, 0.0
+    for i in range(len(inputs["input_ids"])):
+        one = {k: v[i : i + 1] for k, v in inputs.items()}
+        ours = session.run(["last_hidden_state"], one)[0][0]
+        with torch.no_grad():
+            ref = model(**{k: torch.from_numpy(v) for k, v in one.items()}).last_hidden_state[0].numpy()
+        real = one["attention_mask"][0] == 1
+        a, r = ours[real].astype(np.float64).ravel(), ref[real].astype(np.float64).ravel()
+        cosines.append(a @ r / np.linalg.norm(a) / np.linalg.norm(r))
+        signal, noise = signal + r @ r, noise + (a - r) @ (a - r)
+    row = next(
+        r
+        for r in doc["comparisons"]
+        if (r["reference"], r["candidate"], r["output"]) == ("torch_fp32", "onnx", "last_hidden_state")
+    )
+    assert row["cos_mean"] == pytest.approx(np.mean(cosines), abs=1e-4)
+    assert row["cos_min"] == pytest.approx(np.min(cosines), abs=1e-4)
+    assert row["sqnr_db"] == pytest.approx(10 * np.log10(signal / noise), abs=0.05)
+
+
+def test_junit_xml_has_one_case_per_backend_and_output(converted):
+    out, _ = converted
+    root = ET.parse(out / "junit.xml").getroot()
+    cases = root.findall("./testsuite/testcase")
+    assert root.tag == "testsuites" and {c.get("name") for c in cases} == {
+        "onnx.last_hidden_state",
+        "onnx.pooler_output",
+    }
+    assert all(c.find("failure") is None for c in cases)
+    assert "PASS" in (out / "report.md").read_text()
+
+
+def _rehash(out: Path, file: str) -> None:
+    manifest = json.loads((out / "manifest.json").read_text())
+    for entry in [manifest["ir"], *manifest["artifacts"]]:
+        if entry["file"] == file:
+            entry["sha256"], entry["bytes"] = sha256_file(out / file), (out / file).stat().st_size
+    (out / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_a_broken_weight_scale_fails_the_gate(converted, tmp_path):
+    out = tmp_path / "broken"
+    shutil.copytree(converted[0], out)
+    model = onnx.load(str(out / "model.onnx"))
+    name = "encoder.layer.2.intermediate.dense.weight_scale"
+    init = next(t for t in model.graph.initializer if t.name == name)
+    init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) * np.float32(4), name))
+    onnx.save(model, str(out / "model.onnx"))
+    result = run_cli("check", str(out))
+    assert result.returncode == 2 and "sha256" in result.stderr  # tampering alone is bad input
+    _rehash(out, "model.onnx")
+    result = run_cli("check", str(out))
+    assert result.returncode == 1, result.stderr
+    doc = json.loads((out / "parity.json").read_text())
+    assert not doc["passed"]
+    lowering = next(
+        r for r in doc["comparisons"] if (r["reference"], r["candidate"]) == ("ir_simulated", "onnx")
+    )
+    assert lowering["sqnr_db"] < 15
+
+
+def test_output_without_manifest(tmp_path):
+    with pytest.raises(QExportError, match=r"no manifest\.json"):
+        check_outdir(tmp_path)
+
+
+def test_evaluation_data_with_the_wrong_shape(converted, tmp_path):
+    np.savez(tmp_path / "eval.npz", input_ids=np.ones((2, 3, 4), np.int64))
+    result = run_cli("check", str(converted[0]), "--data", str(tmp_path / "eval.npz"))
+    assert result.returncode == 2 and "the model takes" in result.stderr
