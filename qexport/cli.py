@@ -215,6 +215,9 @@ def check_cmd(
     trust_pickle: Annotated[
         bool, typer.Option("--trust-pickle", help="Allow unpickling a pickled source module.")
     ] = False,
+    bisect: Annotated[
+        bool, typer.Option("--bisect", help="Trace SQNR value by value; name where the error opens up.")
+    ] = False,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
 ) -> None:
     from qexport.parity.check import check_outdir, load_thresholds
@@ -230,8 +233,20 @@ def check_cmd(
         config=config,
         trust_pickle=trust_pickle,
         step=_step,
+        bisect=bisect,
     )
     _print_parity(doc)
+    for name, b in (doc.get("bisect") or {}).items():
+        v = b["verdict"]
+        console.print(
+            f"bisect {name}: "
+            + (
+                "no value below the floor"
+                if v["kind"] == "none"
+                else f"error opens up at {v['value']} ({v['layer']}): {v['kind']}"
+            )
+            + f" — plot {b['plot']}"
+        )
     if not doc["passed"]:
         raise typer.Exit(1)
 

@@ -16,7 +16,7 @@ from onnx import numpy_helper
 from qexport.convert import ConvertOptions, convert, sha256_file
 from qexport.errors import QExportError
 from qexport.frontend.text import read_lines, tokenize
-from qexport.parity.check import EVAL_TEXT, check_outdir
+from qexport.parity.check import EVAL_TEXT, Thresholds, check_outdir
 from tests.conftest import DOCSTRINGS, run_cli
 
 
@@ -125,3 +125,66 @@ def test_evaluation_data_with_the_wrong_shape(converted, tmp_path):
     np.savez(tmp_path / "eval.npz", input_ids=np.ones((2, 3, 4), np.int64))
     result = run_cli("check", str(converted[0]), "--data", str(tmp_path / "eval.npz"))
     assert result.returncode == 2 and "the model takes" in result.stderr
+
+
+def test_bisector_names_the_broken_layer_as_a_lowering_error(converted, tmp_path):
+    out = tmp_path / "broken"
+    shutil.copytree(converted[0], out)
+    model = onnx.load(str(out / "model.onnx"))
+    name = "encoder.layer.2.intermediate.dense.weight_scale"
+    init = next(t for t in model.graph.initializer if t.name == name)
+    init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) * np.float32(4), name))
+    onnx.save(model, str(out / "model.onnx"))
+    _rehash(out, "model.onnx")
+    result = run_cli("check", str(out), "--bisect")
+    assert result.returncode == 1, result.stderr
+    verdict = json.loads((out / "parity.json").read_text())["bisect"]["onnx"]["verdict"]
+    assert verdict["kind"] == "lowering" and verdict["layer"] == "encoder.layer.2", verdict
+    assert verdict["value"].startswith("encoder.layer.2.intermediate.dense")
+    assert (out / "bisect_onnx.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "![per-layer SQNR](bisect_onnx.png)" in (out / "report.md").read_text()
+
+
+def test_bisector_names_an_over_aggressive_recipe_as_quantization(minilm_dir, tmp_path):
+    recipe = tmp_path / "aggressive.toml"
+    recipe.write_text('base = "int8"\nquantize_op_inputs = ["LayerNorm", "Softmax"]\nsmooth_alpha = 0.8\n')
+    out = tmp_path / "out"
+    manifest = convert(minilm_dir, out, ConvertOptions(to=["onnx"], recipe=str(recipe)))
+    doc = check_outdir(out, captured=manifest.pop("_captured"), bisect=True)
+    assert not doc["passed"]
+    verdict = doc["bisect"]["onnx"]["verdict"]
+    assert verdict["kind"] == "quantization" and verdict["layer"] == "encoder.layer.0", verdict
+    assert verdict["value"].startswith("encoder.layer.0.attention")
+
+
+def test_thresholds_come_from_flags_then_pyproject_then_defaults(tmp_path):
+    from qexport.errors import UsageError
+    from qexport.parity.check import load_thresholds
+
+    pyproject = tmp_path / "pyproject.toml"
+    pyproject.write_text("[tool.qexport.check]\nmin_cos = 0.999\nmin_sqnr = 30\n")
+    assert load_thresholds(pyproject) == Thresholds(0.999, 30.0, 0.99)
+    assert load_thresholds(pyproject, min_sqnr=10.0, min_cos=None) == Thresholds(0.999, 10.0, 0.99)
+    assert load_thresholds(tmp_path / "absent.toml") == Thresholds()
+    pyproject.write_text("[tool.qexport.check]\nmin_cosine = 1\n")
+    with pytest.raises(UsageError, match="unknown keys"):
+        load_thresholds(pyproject)
+
+
+def test_junit_xml_follows_the_junit_schema(converted):
+    root = ET.parse(converted[0] / "junit.xml").getroot()
+    assert root.tag == "testsuites"
+    for suite in root.findall("testsuite"):
+        assert {"name", "tests", "failures", "errors"} <= set(suite.attrib)
+        assert int(suite.get("tests")) == len(suite.findall("testcase"))
+        for case in suite.findall("testcase"):
+            assert {"name", "classname", "time"} <= set(case.attrib)
+            assert all(child.tag in {"properties", "failure"} for child in case)
+
+
+def test_assert_parity_helper(converted):
+    from qexport.testing import assert_parity
+
+    assert assert_parity(converted[0])["passed"]
+    with pytest.raises(AssertionError, match=r"onnx\.last_hidden_state"):
+        assert_parity(converted[0], min_sqnr=60)

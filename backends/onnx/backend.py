@@ -105,11 +105,34 @@ class OnnxBackend:
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
+    def run_intermediates(self, path: Path, inputs: dict[str, Any], names: list[str]) -> dict[str, Any]:
+        """Named intermediate tensors (IR value names) for the bisector."""
+        return run_intermediates(path, inputs, names)
+
     def run(self, path: Path, inputs: dict[str, Any], *, session: Any = None) -> dict[str, Any]:
         sess = session or self.session(path)
         feed = {i.name: np.asarray(inputs[i.name]).astype(np.int64) for i in sess.get_inputs()}
         names = [o.name for o in sess.get_outputs()]
         return dict(zip(names, sess.run(names, feed), strict=True))
+
+
+def run_intermediates(path: Path, inputs: dict[str, Any], names: list[str]) -> dict[str, Any]:
+    """Run with every IR value in ``names`` that the ONNX graph carries exposed as an output."""
+    import onnx
+    import onnxruntime as ort
+
+    model = onnx.load(str(path))
+    produced = {o for node in model.graph.node for o in node.output}
+    existing = {o.name for o in model.graph.output}
+    wanted = [n for n in names if n in produced and n not in existing]
+    for name in wanted:
+        model.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 2
+    options.log_severity_level = 3
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    feed = {i.name: np.asarray(inputs[i.name]).astype(np.int64) for i in session.get_inputs()}
+    return dict(zip(wanted, session.run(wanted, feed), strict=True))
 
 
 def _resolve(b: Any, graph: Graph, name: str) -> str:

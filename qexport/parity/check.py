@@ -121,6 +121,7 @@ def check_outdir(
     trust_pickle: bool = False,
     config: Path | None = None,
     step: Step | None = None,
+    bisect: bool = False,
 ) -> dict[str, Any]:
     """Run the comparisons; write parity.json, junit.xml, report.md; return the parity doc."""
     import torch
@@ -216,10 +217,50 @@ def check_outdir(
         "recipe": manifest.get("recipe"),
         "comparisons": comparisons,
     }
+    if bisect:
+        with step("bisecting layer by layer"):
+            doc["bisect"] = _bisect(out, manifest, captured.graph, graph, inputs)
     write_bytes(out / "parity.json", (json.dumps(doc, indent=2, allow_nan=True) + "\n").encode())
     write_bytes(out / "junit.xml", junit_xml(cases))
     write_bytes(out / "report.md", render_markdown(doc).encode())
     return doc
+
+
+def _bisect(out: Path, manifest: dict, float_graph: Any, graph: Any, inputs: dict, samples: int = 4) -> dict:
+    """Per-value SQNR for every backend that exposes intermediates; a verdict and a plot each."""
+    from qexport import backends
+    from qexport.parity.bisect import plot, trace, verdict
+    from qexport.reference.executor import run
+
+    chunk = {k: v[:samples] for k, v in inputs.items()}
+    mask = chunk.get("attention_mask")
+    order = [n.outputs[0] for n in float_graph.nodes]
+    fp32 = run(float_graph, chunk, simulate=False, keep=order)
+    simulated = run(graph, chunk, keep=order)
+    result: dict[str, Any] = {}
+    targets = [(a["backend"], a["file"]) for a in manifest["artifacts"]] or [("ir", None)]
+    for name, file in targets:
+        backend_values = None
+        if file is not None:
+            backend = backends.get(name)
+            if hasattr(backend, "run_intermediates"):
+                backend_values = backend.run_intermediates(out / file, chunk, order)
+        points = trace(order, fp32, simulated, backend_values, mask)
+        picture = f"bisect_{name}.png"
+        plot(points, f"qexport bisect: {name}", str(out / picture))
+        result[name] = {
+            "verdict": verdict(points),
+            "plot": picture,
+            "points": [
+                {
+                    "value": p.value,
+                    "quantization_db": round(p.quantization_db, 2),
+                    "lowering_db": None if p.lowering_db is None else round(p.lowering_db, 2),
+                }
+                for p in points
+            ],
+        }
+    return result
 
 
 def render_markdown(doc: dict[str, Any]) -> str:
@@ -245,4 +286,20 @@ def render_markdown(doc: dict[str, Any]) -> str:
             f"| {r['reference']} | {r['candidate']} | {r['output']} | {r['cos_mean']:.5f} | "
             f"{r['cos_min']:.5f} | {r['sqnr_db']:.2f} | {r['max_abs']:.3g} | {gate} |"
         )
+    for name, b in (doc.get("bisect") or {}).items():
+        v = b["verdict"]
+        lines += [
+            "",
+            f"## Bisect: {name}",
+            "",
+            (
+                "No value falls below the floor."
+                if v["kind"] == "none"
+                else f"Error opens up at **{v['value']}** (layer {v['layer']}): **{v['kind']}** "
+                f"(quantization {v['quantization_db']:.1f} dB, lowering "
+                f"{'n/a' if v['lowering_db'] is None else format(v['lowering_db'], '.1f')} dB)."
+            ),
+            "",
+            f"![per-layer SQNR]({b['plot']})",
+        ]
     return "\n".join(lines) + "\n"

@@ -120,6 +120,8 @@ def quantize_graph(
         out.metadata["sensitivity"] = [
             {"input": n, "sqnr_db": round(v, 2), "int16": n in chosen} for n, v in table
         ]
+        if recipe.quantize_op_inputs and calib is not None:
+            _op_input_specs(out, recipe, calib)
     elif recipe.scheme == "dynamic":
         for name in act_values:
             out.quant[name] = QuantSpec(
@@ -135,6 +137,27 @@ def quantize_graph(
                     out.quant[node.inputs[0]] = spec
     out.validate()
     return out
+
+
+def _op_input_specs(out: Graph, recipe: Recipe, calib: CalibrationSet) -> None:
+    """Static min-max specs on the float inputs of the ops named by ``quantize_op_inputs``."""
+    wanted = []
+    for node in out.nodes:
+        if node.op.value in recipe.quantize_op_inputs:
+            for name in node.inputs[:1]:
+                info = out.values.get(name)
+                if (
+                    info is not None
+                    and info.dtype == "float32"
+                    and name not in out.quant
+                    and name not in wanted
+                ):
+                    wanted.append(name)
+    stats = observe_channels(out, calib, wanted)
+    dtype = QDType(recipe.activation_dtype)
+    for name in wanted:
+        lo, hi = float(np.min(stats[name].lo)), float(np.max(stats[name].hi))
+        out.quant[name] = activation_spec(lo, hi, dtype)
 
 
 def sensitivity(

@@ -56,6 +56,8 @@ class Recipe:
       (0 = none, 1 = all); None disables it.
     - ``quantize_embeddings``: int8 per-row embedding tables.
     - ``rules``: Linear layers kept in float (or given int16 inputs) by name.
+    - ``quantize_op_inputs``: IR op names (e.g. "LayerNorm", "Softmax") whose float inputs also
+      get static min-max specs — for experiments; BERT needs these ops in float.
     - ``sensitive_int16``: this many Linear input groups, the most sensitive as measured on
       the calibration data, get int16 activations (static schemes with 8-bit activations).
     """
@@ -71,6 +73,7 @@ class Recipe:
     quantize_embeddings: bool = True
     rules: tuple[LayerRule, ...] = field(default_factory=tuple)
     sensitive_int16: int = 0
+    quantize_op_inputs: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         _one_of("scheme", self.scheme, SCHEMES)
@@ -87,6 +90,13 @@ class Recipe:
             raise RecipeError("dynamic activations are int8 (symmetric, per token)")
         if not 50.0 < self.percentile <= 100.0:
             raise RecipeError("percentile must be in (50, 100]")
+        from qexport.ir.ops import Op
+
+        unknown_ops = sorted(set(self.quantize_op_inputs) - {op.value for op in Op})
+        if unknown_ops:
+            raise RecipeError(f"quantize_op_inputs names unknown ops {unknown_ops}")
+        if self.quantize_op_inputs and self.scheme != "static":
+            raise RecipeError("quantize_op_inputs needs scheme = 'static'")
         if self.sensitive_int16 < 0:
             raise RecipeError("sensitive_int16 must be >= 0")
         if self.smooth_alpha is not None and not 0.0 <= self.smooth_alpha <= 1.0:
@@ -172,6 +182,7 @@ def from_dict(doc: Any, where: str = "recipe") -> Recipe:
         "quantize_embeddings": bool,
         "rules": list,
         "sensitive_int16": int,
+        "quantize_op_inputs": list,
     }
     for key, value in doc.items():
         if (isinstance(value, bool) and types[key] is not bool) or not isinstance(value, types[key]):
@@ -187,6 +198,10 @@ def from_dict(doc: Any, where: str = "recipe") -> Recipe:
                 raise RecipeError(f"{where}: rules[{i}] must be {{match = '<regex>', action = 'float'}}")
             rules.append(LayerRule(rule["match"], rule.get("action", "float")))
         doc["rules"] = tuple(rules)
+    if "quantize_op_inputs" in doc:
+        if not all(isinstance(x, str) for x in doc["quantize_op_inputs"]):
+            raise RecipeError(f"{where}: quantize_op_inputs must be a list of op names")
+        doc["quantize_op_inputs"] = tuple(doc["quantize_op_inputs"])
     for key in ("percentile", "smooth_alpha"):
         if isinstance(doc.get(key), int):
             doc[key] = float(doc[key])
@@ -200,4 +215,5 @@ def to_dict(recipe: Recipe) -> dict[str, Any]:
     """JSON-able form, recorded in the IR metadata and the manifest."""
     out: dict[str, Any] = {f.name: getattr(recipe, f.name) for f in fields(Recipe)}
     out["rules"] = [{"match": r.match, "action": r.action} for r in recipe.rules]
+    out["quantize_op_inputs"] = list(recipe.quantize_op_inputs)
     return out
