@@ -7,6 +7,7 @@ produced as ``v_float``, quantized to ``v_quantized`` and dequantized back to ``
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import numpy as np
@@ -47,7 +48,8 @@ class OnnxBuilder:
     def const(self, array: np.ndarray) -> str:
         """An anonymous constant, deduplicated by value."""
         array = np.asarray(array)
-        key = f"const.{array.dtype}.{array.shape}.{array.tobytes().hex()[:64]}.{hash(array.tobytes())}"
+        digest = hashlib.sha256(array.tobytes()).hexdigest()  # not hash(): PYTHONHASHSEED-independent
+        key = f"const.{array.dtype}.{array.shape}.{digest}"
         if key not in self.cache:
             self._counter += 1
             self.cache[key] = self.initializer(f"const.{self._counter}", array)

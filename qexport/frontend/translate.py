@@ -508,6 +508,11 @@ def translate(
                 "int16",
             }:
                 raise CaptureError(f"parameter {name} has dtype {tensor.dtype}; convert the model to float32")
+            if array.dtype.kind == "f" and not np.all(np.isfinite(array)):
+                bad = int(array.size - np.count_nonzero(np.isfinite(array)))
+                raise CaptureError(
+                    f"parameter {name} holds {bad} NaN/Inf values; fix the checkpoint before converting"
+                )
             t.constants[name] = array
             env[spec.arg.name] = name_const(name)
         elif spec.kind.name != "USER_INPUT":

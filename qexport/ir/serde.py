@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import json
+import struct
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -126,7 +127,18 @@ def _from_bytes(data: bytes) -> Graph:
     try:
         zf = zipfile.ZipFile(io.BytesIO(data))
         infos = zf.infolist()
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
+    except (
+        zipfile.BadZipFile,
+        ValueError,
+        OSError,
+        EOFError,
+        NotImplementedError,
+        struct.error,
+        OverflowError,
+        IndexError,
+        KeyError,
+        UnicodeDecodeError,
+    ) as exc:
         raise QirFormatError(f"not a qir container ({exc})") from None
     names = [i.filename for i in infos]
     if names != [GRAPH_MEMBER, ARRAYS_MEMBER]:
@@ -140,7 +152,18 @@ def _from_bytes(data: bytes) -> Graph:
     try:
         text = zf.read(GRAPH_MEMBER).decode("utf-8")
         blob = zf.read(ARRAYS_MEMBER)
-    except (zipfile.BadZipFile, UnicodeDecodeError, OSError, EOFError, ValueError) as exc:
+    except (
+        zipfile.BadZipFile,
+        UnicodeDecodeError,
+        OSError,
+        EOFError,
+        ValueError,
+        NotImplementedError,
+        struct.error,
+        OverflowError,
+        IndexError,
+        KeyError,
+    ) as exc:
         raise QirFormatError(f"unreadable member ({exc})") from None
     try:
         doc = json.loads(text)

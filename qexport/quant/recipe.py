@@ -164,7 +164,7 @@ def from_dict(doc: Any, where: str = "recipe") -> Recipe:
         raise RecipeError(f"{where}: a recipe is a table/object of settings")
     doc = dict(doc)
     base_name = doc.pop("base", "int8")
-    if base_name not in BUILTIN:
+    if not isinstance(base_name, str) or base_name not in BUILTIN:
         raise RecipeError(f"{where}: base = {base_name!r} is not a built-in recipe ({', '.join(BUILTIN)})")
     known = {f.name: f for f in fields(Recipe)}
     unknown = sorted(set(doc) - set(known))
