@@ -14,7 +14,10 @@ from typing import Any, Protocol
 from qexport.errors import UsageError
 from qexport.ir.graph import Graph
 
-BUILTIN: dict[str, str] = {"onnx": "qexport.backends.onnx:OnnxBackend"}
+BUILTIN: dict[str, str] = {
+    "onnx": "qexport.backends.onnx:OnnxBackend",
+    "torch": "qexport.backends.torch:TorchBackend",
+}
 """name -> "module:attribute" of the built-in backends (filled as backends land)."""
 
 

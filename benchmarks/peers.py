@@ -96,3 +96,23 @@ def torch_dynamic(hf_model: Any, work: Path, held_out, one, per_channel: bool) -
         one_t = {k: torch.from_numpy(v) for k, v in one.items()}
         lat = latency_ms(lambda: model(**one_t))
     return {"bytes": path.stat().st_size, "latency_ms": lat, "pooled": np.concatenate(rows)}
+
+
+def torch_program(path: Path, held_out, one) -> dict[str, Any]:
+    """qexport's own .pt2, loaded with plain torch.export.load."""
+    import torch
+
+    module = torch.export.load(str(path)).module()
+    rows = []
+    with torch.no_grad():
+        for start in range(0, len(held_out["input_ids"]), 8):
+            batch = {k: torch.from_numpy(v[start : start + 8]) for k, v in held_out.items()}
+            rows.append(
+                pooled(
+                    module(**batch)["last_hidden_state"].numpy(),
+                    held_out["attention_mask"][start : start + 8],
+                )
+            )
+        one_t = {k: torch.from_numpy(v) for k, v in one.items()}
+        lat = latency_ms(lambda: module(**one_t))
+    return {"bytes": path.stat().st_size, "latency_ms": lat, "pooled": np.concatenate(rows)}

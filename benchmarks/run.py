@@ -140,6 +140,25 @@ def main() -> None:
                 "ir_vs_fp32": parity(sim, ref),
             }
         )
+        if recipe in ("fp32", "int8", "dynamic"):
+            t = time.perf_counter()
+            pt2 = work / f"qexport_{recipe}.pt2"
+            get("torch").lower(q, pt2)
+            result["pipeline"][f"lower torch[{recipe}]"] = {
+                "seconds": round(time.perf_counter() - t, 2),
+                "peak_rss_mb": peak_rss_mb(),
+            }
+            run = peers.torch_program(pt2, held_out, one)
+            result["rows"].append(
+                {
+                    "tool": f"qexport {recipe} (.pt2)",
+                    "runtime": "torch",
+                    "bytes": run["bytes"],
+                    "latency_ms": run["latency_ms"],
+                    **parity(run["pooled"], ref),
+                    "sqnr_vs_ir_db": parity(run["pooled"], sim)["sqnr_db"],
+                }
+            )
     fp32_onnx = work / "qexport_fp32.onnx"
 
     # ---- peers, same inputs, same run

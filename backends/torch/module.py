@@ -1,0 +1,226 @@
+"""An nn.Module that executes an IR graph with torch ops — traced once by torch.export.
+
+Integer paths (why the exported program is faster than fp32):
+- a Linear whose weight is int8 (per-channel) and whose input carries a static 8-bit spec runs
+  ``torch._int_mm`` on int8 x int8 -> int32; uint8 activations are shifted by 128 into int8
+  and the shift is corrected with the weight's row sums, exactly:
+  ``(q - zp) @ W = (q - 128) @ W - (zp - 128) * rowsum(W)``;
+- a dynamic (per-token) spec quantizes each row to int8 at run time, then ``_int_mm`` too;
+- anything else (int16 islands, float Linears) dequantizes the weight and runs float.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from qexport.backends.torch.ops import TORCH_OPS
+from qexport.ir.graph import Graph, Node, QuantSpec
+from qexport.ir.ops import Op
+from qexport.ir.symbols import bind
+
+
+def _buffer_name(name: str) -> str:
+    return "c_" + "".join(ch if ch.isalnum() else "_" for ch in name)
+
+
+def _spec_tensors(spec: QuantSpec) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.from_numpy(spec.scale.copy()), torch.from_numpy(spec.zero_point.copy())
+
+
+class IRModule(torch.nn.Module):
+    def __init__(self, graph: Graph) -> None:
+        super().__init__()
+        self.graph = graph
+        self.buffer_of: dict[str, str] = {}
+        consumers = graph.consumers()
+        integer = [n for n in graph.nodes if n.op is Op.LINEAR and self._integer_linear(n)]
+        # Integer Linears keep their int8 weight transposed ([K, M], what _int_mm takes) and
+        # nothing else; a weight that something else also reads keeps its IR layout too.
+        transposed_only = {
+            n.inputs[1]
+            for n in integer
+            if all(c.op is Op.LINEAR and self._integer_linear(c) for c in consumers[n.inputs[1]])
+        }
+        for name, array in graph.constants.items():
+            if name not in transposed_only:
+                self._add(name, array)
+            spec = graph.quant.get(name)
+            if spec is not None:
+                self._add(f"{name}/scale", spec.scale)
+                if spec.zero_point.any():  # symmetric (all-zero) zero points are implied, not stored
+                    self._add(f"{name}/zero_point", spec.zero_point)
+        self.integer_inputs: set[str] = set()
+        for node in integer:
+            q = graph.constants[node.inputs[1]]
+            x_spec = graph.quant[node.inputs[0]]
+            self._add(f"{node.inputs[1]}/transposed", np.ascontiguousarray(q.T))
+            bias = self._float_bias(node)
+            if not x_spec.dynamic:
+                # (q - zp) @ W == (q - shift) @ W - (zp - shift) * rowsum(W), so with
+                # S = s_x * s_w:  y = acc * S + (bias - (zp - shift) * rowsum(W) * S).
+                shift = 128 if x_spec.dtype.value == "uint8" else 0
+                rowsum = q.astype(np.int64).sum(axis=1)
+                out_scale = (x_spec.scale * graph.quant[node.inputs[1]].scale).astype(np.float32)
+                folded = bias.astype(np.float64) - (
+                    int(x_spec.zero_point) - shift
+                ) * rowsum * out_scale.astype(np.float64)
+                self._add(f"{node.name}/out_scale", out_scale)
+                self._add(f"{node.name}/bias_folded", folded.astype(np.float32))
+                self._add(
+                    f"{node.name}/zp_shifted", np.asarray(float(int(x_spec.zero_point) - shift), np.float32)
+                )
+            else:
+                self._add(f"{node.name}/bias_float", bias)
+            self.integer_inputs.add(node.inputs[0])
+        # A value read only by integer Linears never needs its fake-quantized float form.
+        self.float_needed = {
+            v
+            for v in self.integer_inputs
+            if any(c.op is not Op.LINEAR or not self._integer_linear(c) for c in consumers.get(v, []))
+        }
+        for name, spec in graph.quant.items():
+            if name not in graph.constants and not spec.dynamic:
+                self._add(f"{name}/scale", spec.scale)
+                self._add(f"{name}/zero_point", spec.zero_point)
+
+    def _float_bias(self, node: Node) -> np.ndarray:
+        """The Linear's bias as float32 (dequantized once here; zeros when absent)."""
+        out_dim = self.graph.constants[node.inputs[1]].shape[0]
+        name = node.inputs[2] if len(node.inputs) > 2 else ""
+        if not name:
+            return np.zeros(out_dim, np.float32)
+        array, spec = self.graph.constants[name], self.graph.quant.get(name)
+        if spec is None:
+            return array.astype(np.float32)
+        return ((array.astype(np.int64) - spec.zero_point).astype(np.float32) * spec.scale).astype(np.float32)
+
+    def _add(self, name: str, array: np.ndarray) -> None:
+        buffer = _buffer_name(name)
+        self.buffer_of[name] = buffer
+        self.register_buffer(buffer, torch.from_numpy(np.array(array, copy=True)), persistent=True)
+
+    def t(self, name: str) -> torch.Tensor:
+        tensor: torch.Tensor = getattr(self, self.buffer_of[name])
+        return tensor
+
+    def zero_point(self, name: str) -> torch.Tensor | int:
+        """A constant's zero point buffer, or 0 when it was symmetric (not stored)."""
+        return self.t(f"{name}/zero_point") if f"{name}/zero_point" in self.buffer_of else 0
+
+    def _integer_linear(self, node: Node) -> bool:
+        w_spec = self.graph.quant.get(node.inputs[1])
+        x_spec = self.graph.quant.get(node.inputs[0])
+        if w_spec is None or w_spec.dtype.value != "int8" or w_spec.axis != 0:
+            return False
+        if x_spec is None:
+            return False
+        return x_spec.dynamic or x_spec.dtype.value in ("uint8", "int8")
+
+    # -- values -----------------------------------------------------------
+    def constant(self, name: str) -> torch.Tensor:
+        tensor = self.t(name)
+        spec = self.graph.quant.get(name)
+        if spec is None:
+            return tensor
+        scale, zero = self.t(f"{name}/scale"), self.zero_point(name)
+        if spec.axis is not None:
+            shape = [1] * tensor.ndim
+            shape[spec.axis] = -1
+            scale = scale.reshape(shape)
+            zero = zero.reshape(shape) if isinstance(zero, torch.Tensor) else zero
+        return (tensor.to(torch.int32) - zero).to(torch.float32) * scale
+
+    def fake_quant(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        spec = self.graph.quant[name]
+        if spec.dynamic:
+            scale = self._dynamic_scale(x, spec)
+            return torch.clamp(torch.round(x / scale), -spec.dtype.qmax, spec.dtype.qmax) * scale
+        scale, zero = self.t(f"{name}/scale"), self.t(f"{name}/zero_point")
+        q = torch.clamp(torch.round(x / scale) + zero, spec.dtype.qmin, spec.dtype.qmax)
+        return (q - zero) * scale
+
+    def _dynamic_scale(self, x: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
+        if spec.axis is None:
+            amax = x.abs().amax()
+        else:
+            amax = x.abs().amax(dim=spec.axis, keepdim=True)
+        return torch.where(amax > 0, amax / float(spec.dtype.qmax), torch.ones_like(amax))
+
+    # -- ops --------------------------------------------------------------
+    def _row_quantized(self, table: str) -> bool:
+        spec = self.graph.quant.get(table)
+        return table in self.graph.constants and spec is not None and spec.axis == 0
+
+    def gather_rows(self, table: str, ids: torch.Tensor) -> torch.Tensor:
+        """Pick int8 rows first, then dequantize only those (never the whole table per call)."""
+        rows = self.t(table)[ids]
+        scale = self.t(f"{table}/scale")[ids].unsqueeze(-1)
+        zero = self.zero_point(table)
+        if isinstance(zero, torch.Tensor):
+            return (rows.to(torch.int32) - zero[ids].unsqueeze(-1)).to(torch.float32) * scale
+        return rows.to(torch.float32) * scale
+
+    def linear(self, node: Node, raw: dict[str, torch.Tensor], env: dict[str, torch.Tensor]) -> torch.Tensor:
+        x_name, w_name = node.inputs[0], node.inputs[1]
+        if not self._integer_linear(node):
+            bias = self.constant(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] else None
+            return torch.nn.functional.linear(env[x_name], self.constant(w_name), bias)
+        x = raw[x_name]
+        x_spec = self.graph.quant[x_name]
+        weight_t = self.t(f"{w_name}/transposed")
+        rows = x.reshape(-1, x.shape[-1])
+        if x_spec.dynamic:
+            scale = self._dynamic_scale(
+                rows, QuantSpec(x_spec.dtype, x_spec.scale, x_spec.zero_point, -1, True)
+            )
+            q = torch.clamp(torch.round(rows / scale), -127, 127).to(torch.int8)
+            acc = torch._int_mm(q, weight_t).to(torch.float32)
+            y = torch.addcmul(self.t(f"{node.name}/bias_float"), acc, scale * self.t(f"{w_name}/scale"))
+        else:
+            s_x = self.t(f"{x_name}/scale")
+            lo, hi = x_spec.dtype.qmin, x_spec.dtype.qmax
+            shift = 128 if x_spec.dtype.value == "uint8" else 0
+            # round(x / s) + zp, clamped, minus the shift: the IR's integers, as int8
+            q8 = torch.clamp(
+                torch.round(rows / s_x) + self.t(f"{node.name}/zp_shifted"), lo - shift, hi - shift
+            )
+            acc = torch._int_mm(q8.to(torch.int8), weight_t).to(torch.float32)
+            y = torch.addcmul(self.t(f"{node.name}/bias_folded"), acc, self.t(f"{node.name}/out_scale"))
+        return y.reshape(*x.shape[:-1], y.shape[-1])
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """The source model's input names (a fixed signature keeps the .pt2 self-describing)."""
+        given = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
+        inputs = {name: given[name] for name in self.graph.inputs}
+        graph = self.graph
+        dims = bind(
+            [(n, i.shape) for n, i in graph.inputs.items()], {n: tuple(v.shape) for n, v in inputs.items()}
+        )
+        env: dict[str, Any] = {n: inputs[n] for n in graph.inputs}
+        raw: dict[str, torch.Tensor] = {}
+        for node in graph.nodes:
+            if node.op is Op.LINEAR:
+                result = self.linear(node, raw, env)
+            elif node.op is Op.GATHER and self._row_quantized(node.inputs[0]):
+                result = self.gather_rows(node.inputs[0], env[node.inputs[1]])
+            else:
+                args = [
+                    None if not i else (self.constant(i) if i in graph.constants else env[i])
+                    for i in node.inputs
+                ]
+                result = TORCH_OPS[node.op](args, node.attrs, dims)
+            out = node.outputs[0]
+            if out in graph.quant:
+                raw[out] = result
+                if out not in self.integer_inputs or out in self.float_needed:
+                    result = self.fake_quant(out, result)
+            env[out] = result
+        return {name: env[value] for name, value in graph.outputs.items()}

@@ -1,0 +1,128 @@
+"""One small torch function per IR op (float semantics); Linear has its own module.
+
+Each takes (inputs, attrs, dims) like the reference kernels, with torch tensors.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from qexport.ir.ops import Op
+from qexport.ir.symbols import evaluate
+
+TorchOp = Callable[[list[Any], dict[str, Any], dict[str, Any]], torch.Tensor]
+TORCH_OPS: dict[Op, TorchOp] = {}
+_DTYPES = {
+    "float32": torch.float32,
+    "int64": torch.int64,
+    "int32": torch.int32,
+    "bool": torch.bool,
+    "int8": torch.int8,
+    "uint8": torch.uint8,
+    "int16": torch.int16,
+}
+
+
+def op(*ops: Op) -> Callable[[TorchOp], TorchOp]:
+    def register(fn: TorchOp) -> TorchOp:
+        for o in ops:
+            TORCH_OPS[o] = fn
+        return fn
+
+    return register
+
+
+TORCH_OPS.update(
+    {
+        Op.ADD: lambda xs, a, d: xs[0] + xs[1],
+        Op.SUB: lambda xs, a, d: xs[0] - xs[1],
+        Op.MUL: lambda xs, a, d: xs[0] * xs[1],
+        Op.DIV: lambda xs, a, d: xs[0] / xs[1],
+        Op.POW: lambda xs, a, d: torch.pow(xs[0], xs[1]),
+        Op.MATMUL: lambda xs, a, d: torch.matmul(xs[0], xs[1]),
+        Op.TANH: lambda xs, a, d: torch.tanh(xs[0]),
+        Op.RELU: lambda xs, a, d: torch.relu(xs[0]),
+        Op.SQRT: lambda xs, a, d: torch.sqrt(xs[0]),
+        Op.RSQRT: lambda xs, a, d: torch.rsqrt(xs[0]),
+        Op.EXP: lambda xs, a, d: torch.exp(xs[0]),
+        Op.ERF: lambda xs, a, d: torch.erf(xs[0]),
+        Op.NEG: lambda xs, a, d: torch.neg(xs[0]),
+        Op.EQUAL: lambda xs, a, d: torch.eq(xs[0], xs[1]),
+        Op.NOT_EQUAL: lambda xs, a, d: torch.ne(xs[0], xs[1]),
+        Op.WHERE: lambda xs, a, d: torch.where(xs[0], xs[1], xs[2]),
+        Op.GELU: lambda xs, a, d: torch.nn.functional.gelu(xs[0], approximate=a.get("approximate", "none")),
+        Op.SOFTMAX: lambda xs, a, d: torch.softmax(xs[0], dim=int(a["axis"])),
+        Op.TRANSPOSE: lambda xs, a, d: xs[0].permute(*a["perm"]),
+        Op.CONCAT: lambda xs, a, d: torch.cat([x for x in xs if x is not None], dim=int(a["axis"])),
+        Op.CAST: lambda xs, a, d: xs[0].to(_DTYPES[a["to"]]),
+        Op.CUMSUM: lambda xs, a, d: torch.cumsum(xs[0], dim=int(a["axis"])).to(xs[0].dtype),
+        Op.REDUCE_MEAN: lambda xs, a, d: torch.mean(xs[0], dim=list(a["axes"]), keepdim=bool(a["keepdims"])),
+        Op.REDUCE_SUM: lambda xs, a, d: torch.sum(xs[0], dim=list(a["axes"]), keepdim=bool(a["keepdims"])),
+    }
+)
+
+
+@op(Op.GATHER)
+def gather(xs, a, d):
+    return torch.nn.functional.embedding(xs[1], xs[0]) if xs[0].ndim == 2 else xs[0][xs[1]]
+
+
+@op(Op.LAYER_NORM)
+def layer_norm(xs, a, d):
+    n = int(a["num_axes"])
+    shape = list(xs[0].shape[-n:])
+    w = xs[1] if len(xs) > 1 else None
+    b = xs[2] if len(xs) > 2 else None
+    return torch.nn.functional.layer_norm(xs[0], shape, w, b, eps=float(a["eps"]))
+
+
+@op(Op.RESHAPE)
+def reshape(xs, a, d):
+    return xs[0].reshape([evaluate(s, d) for s in a["shape"]])
+
+
+@op(Op.SLICE)
+def slice_(xs, a, d):
+    x = xs[0]
+    index = [slice(None)] * x.ndim
+    index[int(a["axis"])] = slice(evaluate(a["start"], d), evaluate(a["end"], d), int(a["step"]))
+    return x[tuple(index)]
+
+
+@op(Op.EXPAND)
+def expand(xs, a, d):
+    return xs[0].expand([evaluate(s, d) for s in a["shape"]])
+
+
+@op(Op.SQUEEZE)
+def squeeze(xs, a, d):
+    x = xs[0]
+    for axis in sorted(a["axes"], reverse=True):
+        x = x.squeeze(axis)
+    return x
+
+
+@op(Op.UNSQUEEZE)
+def unsqueeze(xs, a, d):
+    x = xs[0]
+    for axis in sorted(a["axes"]):
+        x = x.unsqueeze(axis)
+    return x
+
+
+@op(Op.PAD)
+def pad(xs, a, d):
+    flat: list[int] = []
+    for before, after in reversed(a["pads"]):
+        flat += [int(before), int(after)]
+    return torch.nn.functional.pad(xs[0], flat, value=float(a["value"]))
+
+
+assert math.isfinite(0.0)
+missing = set(Op) - set(TORCH_OPS) - {Op.LINEAR}
+if missing:
+    raise ImportError(f"torch lowerings missing for {sorted(m.value for m in missing)}")

@@ -1,0 +1,109 @@
+"""PyTorch backend: a .pt2 that plain torch loads, with the IR's int8 weights, on real MiniLM."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+
+import qexport
+from qexport.backends import get
+from qexport.backends.torch import ops
+from qexport.errors import QExportError
+from qexport.ir.ops import Op
+from tests.test_quantize_minilm import parity, pooled_outputs
+
+
+@pytest.fixture(scope="module")
+def backend():
+    return get("torch")
+
+
+@pytest.fixture(scope="module")
+def int8_pt2(minilm_int8, backend, tmp_path_factory):
+    path = tmp_path_factory.mktemp("torch") / "model.pt2"
+    backend.lower(minilm_int8, path)
+    return path
+
+
+def test_loads_and_runs_in_a_process_without_qexport(int8_pt2, docstring_texts, tmp_path):
+    np.savez(tmp_path / "x.npz", **{k: v[:8] for k, v in docstring_texts[1].items()})
+    script = textwrap.dedent(f"""
+        import sys, numpy as np, torch
+        sys.modules["qexport"] = None  # any import of qexport would now fail
+        module = torch.export.load({str(int8_pt2)!r}).module()
+        data = np.load({str(tmp_path / "x.npz")!r})
+        for batch, seq in [(1, 16), (3, 57), (8, 128)]:
+            out = module(**{{k: torch.from_numpy(data[k][:batch, :seq]) for k in data.files}})
+            assert out["last_hidden_state"].shape == (batch, seq, 384), out["last_hidden_state"].shape
+            assert torch.isfinite(out["last_hidden_state"]).all()
+        print("ok")
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-2000:]
+
+
+def test_integers_and_params_are_the_irs_bit_for_bit(int8_pt2, minilm_int8):
+    state = torch.export.load(str(int8_pt2)).state_dict
+    dense = "encoder.layer.1.intermediate.dense"
+    key = "c_" + f"{dense}.weight/transposed".replace(".", "_").replace("/", "_")
+    assert state[key].dtype == torch.int8
+    assert np.array_equal(state[key].numpy(), minilm_int8.constants[f"{dense}.weight"].T)
+    for name, spec in minilm_int8.quant.items():
+        if spec.dynamic:
+            continue
+        prefix = "c_" + name.replace(".", "_") + "_"
+        assert state[prefix + "scale"].numpy().tobytes() == spec.scale.tobytes(), name
+        if prefix + "zero_point" in state:
+            assert np.array_equal(state[prefix + "zero_point"].numpy(), spec.zero_point), name
+        else:  # symmetric: the zero point is implied
+            assert not spec.zero_point.any(), name
+    bias = f"{dense}.bias"
+    assert np.array_equal(state["c_" + bias.replace(".", "_")].numpy(), minilm_int8.constants[bias])
+
+
+def test_parity_with_ir_simulation_and_fp32(int8_pt2, backend, minilm, minilm_int8, docstring_texts):
+    held_out = docstring_texts[1]
+    module = backend.load(int8_pt2)
+    rows = []
+    for start in range(0, 200, 8):
+        batch = {k: v[start : start + 8] for k, v in held_out.items()}
+        hidden = backend.run(int8_pt2, batch, module=module)["last_hidden_state"]
+        mask = batch["attention_mask"][..., None].astype(np.float32)
+        rows.append((hidden * mask).sum(1) / mask.sum(1))
+    ours = np.concatenate(rows)
+    fp32 = pooled_outputs(minilm[0].graph, held_out, simulate=False)
+    cos_mean, cos_min, sqnr = parity(ours, fp32)
+    assert cos_mean >= 0.998 and cos_min >= 0.99 and sqnr >= 24.0, (cos_mean, cos_min, sqnr)
+    assert parity(ours, pooled_outputs(minilm_int8, held_out))[2] >= 30.0
+
+
+def test_size_is_about_a_quarter_of_fp32(int8_pt2, minilm_dir):
+    assert int8_pt2.stat().st_size <= 0.27 * (minilm_dir / "model.safetensors").stat().st_size
+
+
+def test_fp32_recipe_gives_a_float_program(tiny_model_dirs, backend, tmp_path):
+    graph = qexport.capture(tiny_model_dirs["bert"], seq_len=16)
+    backend.lower(graph, tmp_path / "fp32.pt2")
+    ids = np.random.default_rng(0).integers(1, 500, (2, 16))
+    inputs = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
+    ours = backend.run(tmp_path / "fp32.pt2", inputs)["last_hidden_state"]
+    assert np.abs(ours - qexport.run_reference(graph, inputs)["last_hidden_state"]).max() < 1e-4
+
+
+def test_op_without_lowering_fails_before_writing(tiny_model_dirs, backend, tmp_path, monkeypatch):
+    graph = qexport.capture(tiny_model_dirs["bert"], seq_len=16)
+    monkeypatch.delitem(ops.TORCH_OPS, Op.GELU)
+    with pytest.raises(QExportError, match=r"cannot lower op Gelu \(node 'encoder\.layer\.0\.intermediate"):
+        backend.lower(graph, tmp_path / "m.pt2")
+    assert not list(tmp_path.iterdir())
+
+
+def test_unwritable_output(tiny_model_dirs, backend, tmp_path):
+    graph = qexport.capture(tiny_model_dirs["bert"], seq_len=16)
+    with pytest.raises(QExportError, match="cannot write"):
+        backend.lower(graph, tmp_path / "missing-dir" / "m.pt2")
