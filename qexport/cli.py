@@ -216,8 +216,11 @@ def check_cmd(
         bool, typer.Option("--trust-pickle", help="Allow unpickling a pickled source module.")
     ] = False,
     bisect: Annotated[
-        bool, typer.Option("--bisect", help="Trace SQNR value by value; name where the error opens up.")
-    ] = False,
+        bool,
+        typer.Option(
+            "--bisect/--no-bisect", help="Trace SQNR value by value, plot it, name where the error opens up."
+        ),
+    ] = True,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
 ) -> None:
     from qexport.parity.check import check_outdir, load_thresholds

@@ -26,7 +26,7 @@ def converted(minilm_dir, tmp_path_factory):
     calib = root / "calib.txt"
     calib.write_text("\n".join(read_lines(DOCSTRINGS)[:128]) + "\n")
     out = root / "out"
-    manifest = convert(minilm_dir, out, ConvertOptions(to=["onnx"], calib=calib))
+    manifest = convert(minilm_dir, out, ConvertOptions(to=["onnx", "torch"], calib=calib))
     doc = check_outdir(out, captured=manifest.pop("_captured"))
     return out, doc
 
@@ -41,6 +41,9 @@ def test_minilm_passes_at_the_default_thresholds(converted):
         ("torch_fp32", "ir_simulated"),
         ("ir_simulated", "onnx"),
         ("torch_fp32", "onnx"),
+        ("ir_simulated", "torch"),
+        ("torch_fp32", "torch"),
+        ("onnx", "torch"),
     } <= kinds
     assert doc["evaluation"]["samples"] == 72 and doc["calibration"]["samples"] == 128
 
@@ -79,10 +82,8 @@ def test_junit_xml_has_one_case_per_backend_and_output(converted):
     out, _ = converted
     root = ET.parse(out / "junit.xml").getroot()
     cases = root.findall("./testsuite/testcase")
-    assert root.tag == "testsuites" and {c.get("name") for c in cases} == {
-        "onnx.last_hidden_state",
-        "onnx.pooler_output",
-    }
+    names = {f"{b}.{o}" for b in ("onnx", "torch") for o in ("last_hidden_state", "pooler_output")}
+    assert root.tag == "testsuites" and {c.get("name") for c in cases} == names
     assert all(c.find("failure") is None for c in cases)
     assert "PASS" in (out / "report.md").read_text()
 
@@ -136,7 +137,7 @@ def test_bisector_names_the_broken_layer_as_a_lowering_error(converted, tmp_path
     init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) * np.float32(4), name))
     onnx.save(model, str(out / "model.onnx"))
     _rehash(out, "model.onnx")
-    result = run_cli("check", str(out), "--bisect")
+    result = run_cli("check", str(out))  # bisects by default
     assert result.returncode == 1, result.stderr
     verdict = json.loads((out / "parity.json").read_text())["bisect"]["onnx"]["verdict"]
     assert verdict["kind"] == "lowering" and verdict["layer"] == "encoder.layer.2", verdict
