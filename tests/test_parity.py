@@ -96,18 +96,29 @@ def _rehash(out: Path, file: str) -> None:
     (out / "manifest.json").write_text(json.dumps(manifest))
 
 
-def test_a_broken_weight_scale_fails_the_gate(converted, tmp_path):
-    out = tmp_path / "broken"
+@pytest.fixture(scope="module")
+def broken(converted, tmp_path_factory):
+    """A copy of OUT whose layer-2 FFN weight scale is x4 in the ONNX file: (out, check before
+    the manifest hash is updated, check after)."""
+    out = tmp_path_factory.mktemp("broken") / "out"
     shutil.copytree(converted[0], out)
     model = onnx.load(str(out / "model.onnx"))
     name = "encoder.layer.2.intermediate.dense.weight_scale"
     init = next(t for t in model.graph.initializer if t.name == name)
     init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) * np.float32(4), name))
     onnx.save(model, str(out / "model.onnx"))
-    result = run_cli("check", str(out))
-    assert result.returncode == 2 and "sha256" in result.stderr  # tampering alone is bad input
+    tampered = run_cli("check", str(out))
     _rehash(out, "model.onnx")
-    result = run_cli("check", str(out))
+    return out, tampered, run_cli("check", str(out))  # bisects by default
+
+
+def test_a_tampered_artifact_is_bad_input(broken):
+    _, tampered, _ = broken
+    assert tampered.returncode == 2 and "sha256" in tampered.stderr
+
+
+def test_a_broken_weight_scale_fails_the_gate(broken):
+    out, _, result = broken
     assert result.returncode == 1, result.stderr
     doc = json.loads((out / "parity.json").read_text())
     assert not doc["passed"]
@@ -128,16 +139,8 @@ def test_evaluation_data_with_the_wrong_shape(converted, tmp_path):
     assert result.returncode == 2 and "the model takes" in result.stderr
 
 
-def test_bisector_names_the_broken_layer_as_a_lowering_error(converted, tmp_path):
-    out = tmp_path / "broken"
-    shutil.copytree(converted[0], out)
-    model = onnx.load(str(out / "model.onnx"))
-    name = "encoder.layer.2.intermediate.dense.weight_scale"
-    init = next(t for t in model.graph.initializer if t.name == name)
-    init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) * np.float32(4), name))
-    onnx.save(model, str(out / "model.onnx"))
-    _rehash(out, "model.onnx")
-    result = run_cli("check", str(out))  # bisects by default
+def test_bisector_names_the_broken_layer_as_a_lowering_error(broken):
+    out, _, result = broken
     assert result.returncode == 1, result.stderr
     verdict = json.loads((out / "parity.json").read_text())["bisect"]["onnx"]["verdict"]
     assert verdict["kind"] == "lowering" and verdict["layer"] == "encoder.layer.2", verdict
