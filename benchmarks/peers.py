@@ -84,18 +84,7 @@ def torch_dynamic(hf_model: Any, work: Path, held_out, one, per_channel: bool) -
     model = quantize_dynamic(copy.deepcopy(hf_model), {torch.nn.Linear: qconfig}, dtype=torch.qint8)
     path = work / f"torch_dynamic_{'pc' if per_channel else 'pt'}.pt"
     torch.save(model.state_dict(), path)
-    rows = []
-    with torch.no_grad():
-        for start in range(0, len(held_out["input_ids"]), 8):
-            batch = {k: torch.from_numpy(v[start : start + 8]) for k, v in held_out.items()}
-            rows.append(
-                pooled(
-                    model(**batch).last_hidden_state.numpy(), held_out["attention_mask"][start : start + 8]
-                )
-            )
-        one_t = {k: torch.from_numpy(v) for k, v in one.items()}
-        lat = latency_ms(lambda: model(**one_t))
-    return {"bytes": path.stat().st_size, "latency_ms": lat, "pooled": np.concatenate(rows)}
+    return _run_torch(lambda batch: model(**batch).last_hidden_state, path, held_out, one)
 
 
 def torch_program(path: Path, held_out, one) -> dict[str, Any]:
@@ -103,16 +92,18 @@ def torch_program(path: Path, held_out, one) -> dict[str, Any]:
     import torch
 
     module = torch.export.load(str(path)).module()
+    return _run_torch(lambda batch: module(**batch)["last_hidden_state"], path, held_out, one)
+
+
+def _run_torch(hidden: Any, path: Path, held_out, one) -> dict[str, Any]:
+    """Pooled outputs on the held-out set (batches of 8) and batch-1 latency of a torch callable."""
+    import torch
+
     rows = []
     with torch.no_grad():
         for start in range(0, len(held_out["input_ids"]), 8):
             batch = {k: torch.from_numpy(v[start : start + 8]) for k, v in held_out.items()}
-            rows.append(
-                pooled(
-                    module(**batch)["last_hidden_state"].numpy(),
-                    held_out["attention_mask"][start : start + 8],
-                )
-            )
+            rows.append(pooled(hidden(batch).numpy(), held_out["attention_mask"][start : start + 8]))
         one_t = {k: torch.from_numpy(v) for k, v in one.items()}
-        lat = latency_ms(lambda: module(**one_t))
+        lat = latency_ms(lambda: hidden(one_t))
     return {"bytes": path.stat().st_size, "latency_ms": lat, "pooled": np.concatenate(rows)}
