@@ -12,7 +12,8 @@ from collections.abc import Iterable, Mapping
 import numpy as np
 
 from qexport.errors import QExportError
-from qexport.ir.graph import Graph
+from qexport.ir.graph import Graph, Node
+from qexport.ir.ops import Op
 from qexport.ir.symbols import bind
 from qexport.quant.arith import dequantize, fake_quant
 from qexport.reference.kernels import KERNELS
@@ -48,7 +49,8 @@ def run(
     for index, node in enumerate(graph.nodes):
         args = [env[i] if i else None for i in node.inputs]
         try:
-            result = KERNELS[node.op](args, node.attrs, dims)
+            exact = _integer_linear(graph, node, env) if simulate and node.op is Op.LINEAR else None
+            result = exact if exact is not None else KERNELS[node.op](args, node.attrs, dims)
         except QExportError:
             raise
         except (ValueError, IndexError, TypeError) as exc:
@@ -69,6 +71,32 @@ def run(
         if name in env:
             result_map[name] = env[name]
     return result_map
+
+
+def _integer_linear(graph: Graph, node: Node, env: dict[str, np.ndarray]) -> np.ndarray | None:
+    """A Linear whose input and weight both cross in integers, accumulated exactly.
+
+    Integer kernels (onnxruntime QGemm, TFLite FULLY_CONNECTED, torch._int_mm) sum
+    ``(q_x - z_x) · q_w`` exactly in int32 and scale once; a float32 matmul of the dequantized
+    values rounds every partial sum, which flips the rounding of a later quantizer now and
+    then. So the golden model sums the same integers (in float64: exact below 2**53) and
+    applies ``(acc + q_bias) · s_x·s_w`` once. Returns None when the Linear is not integer.
+    """
+    x_spec, w_spec = graph.quant.get(node.inputs[0]), graph.quant.get(node.inputs[1])
+    if x_spec is None or w_spec is None or x_spec.dynamic or x_spec.axis is not None:
+        return None
+    if w_spec.dtype.storage != "int8" or w_spec.axis not in (0, None):
+        return None
+    x = env[node.inputs[0]]
+    steps = np.rint(x / x_spec.scale).astype(np.float64)  # q - z, recovered exactly
+    acc = steps @ graph.constants[node.inputs[1]].astype(np.float64).T
+    scale = (x_spec.scale * w_spec.scale).astype(np.float32)
+    bias = node.inputs[2] if len(node.inputs) > 2 else ""
+    b_spec = graph.quant.get(bias) if bias else None
+    if b_spec is not None and b_spec.dtype.value == "int32":
+        return ((acc + graph.constants[bias]) * b_spec.scale.astype(np.float64)).astype(np.float32)
+    y = (acc * scale.astype(np.float64)).astype(np.float32)
+    return y + env[bias] if bias else y
 
 
 def _last_use(graph: Graph, keep: set[str]) -> dict[str, int]:
