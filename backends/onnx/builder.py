@@ -76,7 +76,12 @@ class OnnxBuilder:
     def qdq_activation(self, value: str, produced: str, spec: QuantSpec) -> None:
         """QuantizeLinear + DequantizeLinear from ``produced`` (float) to ``value``."""
         scale, zero = self.qparams(value, spec)
+        attrs = {"axis": spec.axis} if spec.axis is not None else {}
         q = self.node(
-            "QuantizeLinear", [produced, scale, zero], f"{value}_quantized", name=f"{value}_quantize"
+            "QuantizeLinear",
+            [produced, scale, zero],
+            f"{value}_quantized",
+            name=f"{value}_quantize",
+            **attrs,
         )
-        self.node("DequantizeLinear", [q, scale, zero], value, name=f"{value}_dequantize")
+        self.node("DequantizeLinear", [q, scale, zero], value, name=f"{value}_dequantize", **attrs)

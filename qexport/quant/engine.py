@@ -21,7 +21,13 @@ from qexport.errors import QExportError
 from qexport.ir.graph import Graph, Node, QDType, QuantSpec, ValueInfo
 from qexport.ir.ops import Op
 from qexport.quant.calibration import CalibrationSet, collect_samples, observe_channels
-from qexport.quant.ranges import activation_spec, mse_range, percentile_range, weight_spec
+from qexport.quant.ranges import (
+    activation_spec,
+    grouped_activation_spec,
+    mse_range,
+    percentile_range,
+    weight_spec,
+)
 from qexport.quant.recipe import Recipe, to_dict
 
 Progress = Callable[[int, int], None]
@@ -122,6 +128,8 @@ def quantize_graph(
         ]
         if recipe.quantize_op_inputs and calib is not None:
             _op_input_specs(out, recipe, calib)
+        if recipe.linear_outputs == "int8" and calib is not None:
+            _linear_output_specs(out, recipe, calib)
     elif recipe.scheme == "dynamic":
         for name in act_values:
             out.quant[name] = QuantSpec(
@@ -158,6 +166,23 @@ def _op_input_specs(out: Graph, recipe: Recipe, calib: CalibrationSet) -> None:
     for name in wanted:
         lo, hi = float(np.min(stats[name].lo)), float(np.max(stats[name].hi))
         out.quant[name] = activation_spec(lo, hi, dtype)
+
+
+def _linear_output_specs(out: Graph, recipe: Recipe, calib: CalibrationSet) -> None:
+    """8-bit specs (the recipe's activation dtype) on the results of Linears whose input crosses in 8 bits."""
+    wanted = [
+        node.outputs[0]
+        for node in out.nodes
+        if node.op is Op.LINEAR
+        and (spec := out.quant.get(node.inputs[0])) is not None
+        and not spec.dynamic
+        and spec.dtype in (QDType.UINT8, QDType.INT8)
+    ]
+    stats = observe_channels(out, calib, wanted)
+    for name in wanted:
+        out.quant[name] = grouped_activation_spec(
+            stats[name].lo, stats[name].hi, QDType(recipe.activation_dtype), recipe.output_outliers
+        )
 
 
 def sensitivity(

@@ -50,3 +50,36 @@ def weight_spec(weight: np.ndarray, dtype: QDType) -> tuple[np.ndarray, QuantSpe
     shape = (-1,) + (1,) * (weight.ndim - 1)
     q = np.clip(np.rint(weight / scale.reshape(shape)), -dtype.qmax, dtype.qmax).astype(dtype.storage)
     return q, spec
+
+
+def grouped_activation_spec(lo: np.ndarray, hi: np.ndarray, dtype: QDType, max_fraction: float) -> QuantSpec:
+    """Per-tensor params, or two groups when a few outlier channels would stretch the range.
+
+    Channels are ranked by range width; the widest ``k`` (at most ``max_fraction`` of them) get
+    their own params when that cuts the summed quantization noise (channels x scale^2) at least
+    in half. The result is per-channel along the last axis with two distinct (scale, zero point)
+    pairs; backends without per-channel activation kernels lower each group separately.
+    """
+    lo = np.minimum(np.asarray(lo, np.float64), 0.0)
+    hi = np.maximum(np.asarray(hi, np.float64), 0.0)
+    n = len(lo)
+    order = np.argsort(-(hi - lo), kind="stable")  # widest first
+    lo_s, hi_s = lo[order], hi[order]
+    head_span = np.maximum.accumulate(hi_s) - np.minimum.accumulate(lo_s)  # channels [0, k]
+    tail_span = (np.maximum.accumulate(hi_s[::-1]) - np.minimum.accumulate(lo_s[::-1]))[::-1]  # [k, n)
+    best_k, best_noise = 0, n * float(tail_span[0]) ** 2
+    for k in range(1, max(1, int(n * max_fraction)) + 1):
+        if k >= n:
+            break
+        noise = k * float(head_span[k - 1]) ** 2 + (n - k) * float(tail_span[k]) ** 2
+        if noise < best_noise:
+            best_k, best_noise = k, noise
+    if best_k == 0 or best_noise > 0.5 * n * float(tail_span[0]) ** 2:
+        return activation_spec(float(lo.min()), float(hi.max()), dtype)
+    wide, rest = order[:best_k], order[best_k:]
+    outer = activation_spec(float(lo[wide].min()), float(hi[wide].max()), dtype)
+    inner = activation_spec(float(lo[rest].min()), float(hi[rest].max()), dtype)
+    scale = np.full(n, inner.scale, np.float32)
+    zero = np.full(n, inner.zero_point, np.int32)
+    scale[wide], zero[wide] = outer.scale, outer.zero_point
+    return QuantSpec(dtype, scale, zero, axis=-1)

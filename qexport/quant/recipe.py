@@ -20,6 +20,7 @@ WEIGHT_DTYPES = ("int8",)  # int4 (block-wise) is not implemented yet
 ACTIVATION_DTYPES = ("uint8", "int8", "int16")
 OBSERVERS = ("minmax", "percentile", "mse")
 RULE_ACTIONS = ("float", "int16")
+LINEAR_OUTPUTS = ("float", "int8")
 
 
 class RecipeError(QExportError):
@@ -60,6 +61,10 @@ class Recipe:
       get static min-max specs — for experiments; BERT needs these ops in float.
     - ``sensitive_int16``: this many Linear input groups, the most sensitive as measured on
       the calibration data, get int16 activations (static schemes with 8-bit activations).
+    - ``linear_outputs``: "float" (the Linear's result stays float) or "int8" (it also crosses
+      in int8), so integer kernels that must write int8 (TFLite's FULLY_CONNECTED) run the
+      whole layer; up to ``output_outliers`` (a fraction) of the widest output channels may
+      get a second scale when that halves the quantization noise.
     """
 
     name: str = "custom"
@@ -74,6 +79,8 @@ class Recipe:
     rules: tuple[LayerRule, ...] = field(default_factory=tuple)
     sensitive_int16: int = 0
     quantize_op_inputs: tuple[str, ...] = ()
+    linear_outputs: str = "float"
+    output_outliers: float = 1 / 32
 
     def __post_init__(self) -> None:
         _one_of("scheme", self.scheme, SCHEMES)
@@ -97,6 +104,11 @@ class Recipe:
             raise RecipeError(f"quantize_op_inputs names unknown ops {unknown_ops}")
         if self.quantize_op_inputs and self.scheme != "static":
             raise RecipeError("quantize_op_inputs needs scheme = 'static'")
+        _one_of("linear_outputs", self.linear_outputs, LINEAR_OUTPUTS)
+        if self.linear_outputs != "float" and (self.scheme != "static" or self.activation_dtype == "int16"):
+            raise RecipeError("linear_outputs = 'int8' needs scheme = 'static' with 8-bit activations")
+        if not 0.0 <= self.output_outliers <= 0.5:
+            raise RecipeError("output_outliers must be within [0, 0.5]")
         if self.sensitive_int16 < 0:
             raise RecipeError("sensitive_int16 must be >= 0")
         if self.smooth_alpha is not None and not 0.0 <= self.smooth_alpha <= 1.0:
@@ -122,6 +134,7 @@ BUILTIN: dict[str, Recipe] = {
     r.name: r
     for r in (
         Recipe(name="int8", scheme="static", smooth_alpha=0.8),
+        Recipe(name="int8-full", scheme="static", smooth_alpha=0.8, linear_outputs="int8"),
         Recipe(name="int8-mixed", scheme="static", smooth_alpha=0.8, sensitive_int16=3),
         Recipe(name="int16x8", scheme="static", activation_dtype="int16", smooth_alpha=0.5),
         Recipe(name="dynamic", scheme="dynamic", activation_dtype="int8", smooth_alpha=0.5),
@@ -183,6 +196,8 @@ def from_dict(doc: Any, where: str = "recipe") -> Recipe:
         "rules": list,
         "sensitive_int16": int,
         "quantize_op_inputs": list,
+        "linear_outputs": str,
+        "output_outliers": (int, float),
     }
     for key, value in doc.items():
         if (isinstance(value, bool) and types[key] is not bool) or not isinstance(value, types[key]):
@@ -202,7 +217,7 @@ def from_dict(doc: Any, where: str = "recipe") -> Recipe:
         if not all(isinstance(x, str) for x in doc["quantize_op_inputs"]):
             raise RecipeError(f"{where}: quantize_op_inputs must be a list of op names")
         doc["quantize_op_inputs"] = tuple(doc["quantize_op_inputs"])
-    for key in ("percentile", "smooth_alpha"):
+    for key in ("percentile", "smooth_alpha", "output_outliers"):
         if isinstance(doc.get(key), int):
             doc[key] = float(doc[key])
     try:
