@@ -17,6 +17,7 @@ from qexport.ir.graph import Graph
 BUILTIN: dict[str, str] = {
     "onnx": "qexport.backends.onnx:OnnxBackend",
     "torch": "qexport.backends.torch:TorchBackend",
+    "tflite": "qexport.backends.tflite:TfliteBackend",
 }
 """name -> "module:attribute" of the built-in backends (filled as backends land)."""
 

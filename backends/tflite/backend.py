@@ -1,0 +1,149 @@
+"""Lower a (quantized) IR graph to a LiteRT flatbuffer of built-in ops; run it with LiteRT."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from qexport.atomic import write_bytes
+from qexport.errors import QExportError
+from qexport.ir.graph import Graph
+from qexport.ir.ops import Op
+
+FLOAT_OPS = (Op.LAYER_NORM, Op.SOFTMAX, Op.GELU, Op.MATMUL, Op.TANH, Op.DIV, Op.EXP, Op.SQRT, Op.RSQRT)
+
+
+class TfliteBackend:
+    name = "tflite"
+    suffix = ".tflite"
+
+    def __init__(self, *, integer_io: bool = False) -> None:
+        self.integer_io = integer_io
+
+    def check(self, graph: Graph) -> None:
+        from qexport.backends.tflite.lowering import LOWERINGS
+
+        for node in graph.nodes:
+            if node.op not in LOWERINGS:
+                supported = ", ".join(sorted(op.value for op in LOWERINGS))
+                raise QExportError(
+                    f"tflite backend cannot lower op {node.op.value} (node {node.name!r}); supported: {supported}"
+                )
+            if node.op is Op.LINEAR and node.inputs[1] not in graph.constants:
+                raise QExportError(f"tflite backend: Linear {node.name!r} needs a constant weight")
+        if self.integer_io:
+            _check_full_integer(graph)
+
+    def build(self, graph: Graph, seq_len: int | None = None) -> bytes:
+        """The .tflite bytes for ``graph`` with static shape [1, seq_len]."""
+        from qexport import __version__
+        from qexport.backends.tflite.context import Ctx
+        from qexport.backends.tflite.lowering import LOWERINGS
+
+        self.check(graph)
+        seq = int(seq_len or graph.metadata.get("capture", {}).get("seq_len", 128))
+        ctx = Ctx(graph, seq)
+        inputs = {}
+        for name, info in graph.inputs.items():
+            dtype = "int32" if info.dtype == "int64" else info.dtype
+            ctx.b.tensor(name, ctx.shape(name), dtype)
+            inputs[name] = name
+        for node in graph.nodes:
+            if ctx.try_fold(node):
+                continue
+            LOWERINGS[node.op](ctx, node)
+        outputs = {}
+        for public, value in graph.outputs.items():
+            outputs[public] = ctx.b.tensors[ctx.float_in(value)].name
+        recipe = graph.metadata.get("recipe", {})
+        description = f"qexport {__version__}; recipe {recipe.get('name', 'fp32') if isinstance(recipe, dict) else recipe}"
+        return ctx.b.finish(inputs, outputs, description)
+
+    def lower(self, graph: Graph, path: Path, seq_len: int | None = None) -> dict[str, Any]:
+        data = self.build(graph, seq_len)
+        write_bytes(Path(path), data)
+        facts = inspect_ops(data)
+        seq = int(seq_len or graph.metadata.get("capture", {}).get("seq_len", 128))
+        return {"input_shape": [1, seq], "io": "integer" if self.integer_io else "float", "ops": facts}
+
+    def interpreter(self, path: Path, *, threads: int = 2, **kwargs: Any) -> Any:
+        from ai_edge_litert.interpreter import Interpreter
+
+        interp = Interpreter(model_path=str(path), num_threads=threads, **kwargs)
+        interp.allocate_tensors()
+        return interp
+
+    def run(self, path: Path, inputs: dict[str, Any], *, interpreter: Any = None) -> dict[str, Any]:
+        """Run sample by sample (the file has batch 1); outputs stacked along axis 0."""
+        interp = interpreter or self.interpreter(path)
+        runner = interp.get_signature_runner("serving_default")
+        details = runner.get_input_details()
+        arrays = {k: np.asarray(v) for k, v in inputs.items() if k in details}
+        batch = len(next(iter(arrays.values())))
+        results: dict[str, list[np.ndarray]] = {}
+        for i in range(batch):
+            feed = {}
+            for name, detail in details.items():
+                x = arrays[name][i : i + 1]
+                if tuple(x.shape) != tuple(detail["shape"]):
+                    raise QExportError(
+                        f"tflite model expects {name} of shape {tuple(detail['shape'])}, got {tuple(x.shape)}; "
+                        "evaluate at the --seq-len it was converted with"
+                    )
+                feed[name] = x.astype(detail["dtype"])
+            for key, value in runner(**feed).items():
+                results.setdefault(key, []).append(np.array(value))
+        return {k: np.concatenate(v, axis=0) for k, v in results.items()}
+
+    def run_intermediates(self, path: Path, inputs: dict[str, Any], names: list[str]) -> dict[str, Any]:
+        """Float tensors named like IR values, read back with all tensors preserved."""
+        interp = self.interpreter(path, experimental_preserve_all_tensors=True)
+        by_name = {d["name"]: d for d in interp.get_tensor_details()}
+        wanted = [n for n in names if n in by_name and by_name[n]["dtype"] == np.float32]
+        collected: dict[str, list[np.ndarray]] = {n: [] for n in wanted}
+        runner_inputs = {d["name"]: d for d in interp.get_input_details()}
+        batch = len(next(iter(inputs.values())))
+        for i in range(batch):
+            for name, detail in runner_inputs.items():
+                interp.set_tensor(
+                    detail["index"], np.asarray(inputs[name])[i : i + 1].astype(detail["dtype"])
+                )
+            interp.invoke()
+            for n in wanted:
+                collected[n].append(np.array(interp.get_tensor(by_name[n]["index"])))
+        return {n: np.concatenate(v, axis=0) for n, v in collected.items()}
+
+
+def inspect_ops(data: bytes) -> dict[str, int]:
+    """Operator name -> count in a .tflite flatbuffer (read with the schema, no runtime)."""
+    from ai_edge_litert import schema_py_generated as fb
+
+    model = fb.ModelT.InitFromPackedBuf(data, 0)
+    names = {v: k for k, v in vars(fb.BuiltinOperator).items() if not k.startswith("_")}
+    counts: Counter[str] = Counter()
+    for sg in model.subgraphs:
+        for op in sg.operators or []:
+            code = model.operatorCodes[op.opcodeIndex]
+            counts[names.get(max(code.builtinCode, code.deprecatedBuiltinCode), "CUSTOM")] += 1
+    return dict(sorted(counts.items()))
+
+
+def _check_full_integer(graph: Graph) -> None:
+    """Integer I/O needs every op between input and output to run on integers."""
+    blockers = Counter(
+        node.op.value
+        for node in graph.nodes
+        if node.op not in (Op.GATHER, Op.CAST, Op.RESHAPE, Op.SQUEEZE, Op.UNSQUEEZE, Op.SLICE)
+        and not all(o in graph.quant for o in node.outputs)
+    )
+    unquantized_outputs = [name for name, v in graph.outputs.items() if v not in graph.quant]
+    if blockers or unquantized_outputs:
+        ops = ", ".join(f"{op} x{n}" for op, n in blockers.most_common())
+        raise QExportError(
+            "tflite --integer-io needs a fully quantized graph, but these ops compute in float: "
+            f"{ops or 'none'}; outputs without a quant spec: {', '.join(unquantized_outputs) or 'none'}. "
+            "Drop --integer-io (float I/O keeps these islands in float)"
+        )

@@ -1,0 +1,495 @@
+"""One small function per IR op: emit LiteRT built-in operators for one node.
+
+Each function receives the context and the node, reads its inputs with ``ctx.float_in`` (or
+``ctx.quantized`` for integer kernels) and writes ``ctx.output(value)``. Op versions follow
+LiteRT's op_version rules for the tensor types used (float ops are version 1).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+from ai_edge_litert import schema_py_generated as fb
+
+from qexport.backends.tflite.builder import Quant
+from qexport.backends.tflite.context import OP, OPT, Ctx, quant_of, to_storage
+from qexport.errors import QExportError
+from qexport.ir.graph import Node, QuantSpec
+from qexport.ir.ops import Op
+from qexport.ir.symbols import evaluate
+from qexport.quant.arith import dequantize
+
+Lowering = Callable[[Ctx, Node], None]
+LOWERINGS: dict[Op, Lowering] = {}
+
+
+def lowers(*ops: Op) -> Callable[[Lowering], Lowering]:
+    def register(fn: Lowering) -> Lowering:
+        for op in ops:
+            LOWERINGS[op] = fn
+        return fn
+
+    return register
+
+
+def _options(cls: type, **fields: object) -> object:
+    opts = cls()
+    for key, value in fields.items():
+        setattr(opts, key, value)
+    return opts
+
+
+# -- Linear: the integer kernels ------------------------------------------------------------
+@lowers(Op.LINEAR)
+def linear(ctx: Ctx, node: Node) -> None:
+    """FULLY_CONNECTED on a 2-D view [tokens, K] (no keep_num_dims, so plain op versions).
+
+    - input with a static spec -> QUANTIZE, int8 FC (per-channel weights, int32 bias) whose
+      output carries the IR's spec on the Linear output (required: int8 FC writes int8);
+      without an output spec the integers are dequantized and the FC runs in float (exact,
+      not fast) — see docs/backend-tflite.md;
+    - input with a dynamic per-token spec -> hybrid FC (float in/out, int8 per-channel
+      weights; the kernel quantizes each token row symmetrically, as the IR says);
+    - no spec -> float FC (weights dequantized at load if stored as int8).
+    """
+    g = ctx.graph
+    x_name, w_name = node.inputs[0], node.inputs[1]
+    b_name = node.inputs[2] if len(node.inputs) > 2 else ""
+    out = node.outputs[0]
+    in_spec, w_spec, out_spec = g.quant.get(x_name), g.quant.get(w_name), g.quant.get(out)
+    weight = g.constants[w_name]
+    n_out, k = weight.shape
+    rows = int(np.prod(ctx.shape(x_name)[:-1]))
+    fc = _options(fb.FullyConnectedOptionsT)
+
+    if in_spec is not None and not in_spec.dynamic and w_spec is not None and out_spec is not None:
+        _integer_linear(ctx, node, rows)
+        return
+
+    if in_spec is not None and in_spec.dynamic and w_spec is not None:
+        x2 = _reshape(ctx, ctx.float_in_raw(x_name), (rows, k), f"{x_name}.2d")
+        w = ctx.b.constant(w_name, weight, Quant(w_spec.scale, w_spec.zero_point.astype(np.int64), 0))
+        inputs = [x2, w]
+        if b_name:
+            inputs.append(ctx.constant(b_name))
+        version = 12
+    else:
+        x2 = _reshape(ctx, ctx.float_in(x_name), (rows, k), f"{x_name}.2d")
+        if w_spec is not None:
+            # int8 in the file, float at run time: DEQUANTIZE of a constant is done once at load.
+            wq = ctx.b.constant(
+                f"{w_name}_quantized", weight, Quant(w_spec.scale, w_spec.zero_point.astype(np.int64), 0)
+            )
+            w = ctx.b.tensor(w_name, weight.shape, "float32")
+            ctx.b.op(OP.DEQUANTIZE, [wq], [w], version=5)
+        else:
+            w = ctx.constant(w_name)
+        inputs = [x2, w]
+        if b_name:
+            inputs.append(ctx.constant(b_name, _float_const(ctx, b_name)))
+        version = 1
+    y2 = ctx.b.tensor(f"{out}.2d", (rows, n_out), "float32")
+    ctx.b.op(
+        OP.FULLY_CONNECTED, inputs, [y2], version=version, options=fc, options_type=OPT.FullyConnectedOptions
+    )
+    _reshape_into(ctx, y2, node)
+
+
+def _integer_linear(ctx: Ctx, node: Node, rows: int) -> None:
+    """int8 FULLY_CONNECTED whose int8 result carries the IR's output spec.
+
+    A per-tensor output spec is one FC. A grouped per-channel spec (a few distinct scales, see
+    ``grouped_activation_spec``) becomes: one FC over all channels with the largest group's
+    params, its other rows zeroed (they dequantize to exactly 0.0); one small FC per other group
+    over that group's rows; their float results placed into their channels by a 0/1 matrix
+    (a float FC: each output is one exact product) and added. Every op stays XNNPACK-friendly
+    and every channel's value is exactly its group's dequantized int8.
+    """
+    g = ctx.graph
+    x_name, w_name = node.inputs[0], node.inputs[1]
+    b_name = node.inputs[2] if len(node.inputs) > 2 else ""
+    out, out_spec, w_spec = node.outputs[0], g.quant[node.outputs[0]], g.quant[w_name]
+    weight = g.constants[w_name]
+    bias = g.constants[b_name] if b_name else None
+    n_out, k = weight.shape
+    x2 = _reshape(ctx, ctx.quantized(x_name), (rows, k), f"{x_name}_quantized.2d")
+    groups = _channel_groups(out_spec, n_out)
+    main, others = groups[0], groups[1:]
+
+    def fc(
+        suffix: str, rows_w: np.ndarray, rows_b: np.ndarray | None, channels: np.ndarray, spec: QuantSpec
+    ) -> int:
+        w_params = Quant(w_spec.scale[channels], w_spec.zero_point[channels].astype(np.int64), 0)
+        inputs = [x2, ctx.b.constant(f"{w_name}{suffix}", rows_w, w_params)]
+        if rows_b is not None:
+            b_params = Quant(g.quant[b_name].scale[channels], np.zeros(len(channels), np.int64), 0)
+            inputs.append(ctx.b.constant(f"{b_name}{suffix}", rows_b, b_params))
+        dtype, params = quant_of(spec)
+        yq = ctx.b.tensor(f"{out}_quantized{suffix}.2d", (rows, len(channels)), dtype, params)
+        ctx.b.op(
+            OP.FULLY_CONNECTED,
+            inputs,
+            [yq],
+            version=4,
+            options=fb.FullyConnectedOptionsT(),
+            options_type=OPT.FullyConnectedOptions,
+        )
+        y = ctx.b.tensor(f"{out}{suffix}.2d", (rows, len(channels)), "float32")
+        ctx.b.op(OP.DEQUANTIZE, [yq], [y], version=2)
+        return y
+
+    everything = np.arange(n_out)
+    if not others:
+        _reshape_into(ctx, fc("", weight, bias, everything, _part_spec(out_spec, main)), node, exact=True)
+        return
+    keep = np.zeros(n_out, bool)
+    keep[main] = True
+    main_w = np.where(keep[:, None], weight, np.zeros_like(weight))
+    main_b = np.where(keep, bias, np.zeros_like(bias)) if bias is not None else None
+    y_main = fc(".main", main_w, main_b, everything, _part_spec(out_spec, main))
+    parts = [
+        fc(f".group{i}", weight[ch], bias[ch] if bias is not None else None, ch, _part_spec(out_spec, ch))
+        for i, ch in enumerate(others, start=1)
+    ]
+    placed_channels = np.concatenate(others)
+    if len(parts) > 1:
+        joined = ctx.b.tensor(f"{out}.groups.2d", (rows, len(placed_channels)), "float32")
+        ctx.b.op(
+            OP.CONCATENATION,
+            parts,
+            [joined],
+            options=_options(fb.ConcatenationOptionsT, axis=1),
+            options_type=OPT.ConcatenationOptions,
+        )
+    else:
+        joined = parts[0]
+    placement = np.zeros((n_out, len(placed_channels)), np.float32)
+    placement[placed_channels, np.arange(len(placed_channels))] = 1.0
+    placed = ctx.b.tensor(f"{out}.placed.2d", (rows, n_out), "float32")
+    ctx.b.op(
+        OP.FULLY_CONNECTED,
+        [joined, ctx.b.constant(f"{out}.placement", placement)],
+        [placed],
+        version=1,
+        options=fb.FullyConnectedOptionsT(),
+        options_type=OPT.FullyConnectedOptions,
+    )
+    y = ctx.b.tensor(f"{out}.2d", (rows, n_out), "float32")
+    ctx.b.op(OP.ADD, [y_main, placed], [y], options=fb.AddOptionsT(), options_type=OPT.AddOptions)
+    _reshape_into(ctx, y, node, exact=True)
+
+
+def _channel_groups(spec: QuantSpec, channels: int) -> list[np.ndarray]:
+    """Channel indices per distinct (scale, zero point); the largest group first."""
+    if spec.axis is None:
+        return [np.arange(channels)]
+    keys = np.stack([spec.scale.astype(np.float64), spec.zero_point.astype(np.float64)], axis=1)
+    _, label = np.unique(keys, axis=0, return_inverse=True)
+    groups = [np.flatnonzero(label.ravel() == i) for i in range(int(label.max()) + 1)]
+    return sorted(groups, key=lambda ch: (-len(ch), int(ch[0])))
+
+
+def _part_spec(spec: QuantSpec, channels: np.ndarray) -> QuantSpec:
+    """The per-tensor spec shared by ``channels`` of a grouped spec."""
+    if spec.axis is None:
+        return spec
+    return QuantSpec(spec.dtype, np.array(spec.scale[channels[0]]), np.array(spec.zero_point[channels[0]]))
+
+
+def _float_const(ctx: Ctx, name: str) -> np.ndarray:
+    spec = ctx.graph.quant.get(name)
+    array = ctx.graph.constants[name]
+    return dequantize(array, spec) if spec is not None else array
+
+
+# -- Gather: embeddings ---------------------------------------------------------------------
+@lowers(Op.GATHER)
+def gather(ctx: Ctx, node: Node) -> None:
+    """Quantized tables (int8, one scale per row): EMBEDDING_LOOKUP v4 dequantizes the picked
+    rows with their own scale, so the float table never exists. Float tables: GATHER."""
+    table, ids = node.inputs
+    spec = ctx.graph.quant.get(table)
+    id_shape = ctx.shape(ids)
+    if spec is not None and spec.axis == 0 and not np.any(spec.zero_point):
+        flat = _reshape(ctx, ctx.float_in(ids), (int(np.prod(id_shape)),), f"{ids}.flat")
+        rows = ctx.graph.constants[table]
+        t = ctx.b.constant(
+            table, to_storage(rows, spec), Quant(spec.scale, np.zeros_like(spec.zero_point, np.int64), 0)
+        )
+        width = int(np.prod(rows.shape[1:]))
+        y = ctx.b.tensor(f"{node.outputs[0]}.flat", (int(np.prod(id_shape)), width), "float32")
+        ctx.b.op(OP.EMBEDDING_LOOKUP, [flat, t], [y], version=4)
+        _reshape_into(ctx, y, node)
+        return
+    out = ctx.output(node.outputs[0])
+    ctx.b.op(
+        OP.GATHER,
+        [ctx.float_in(table), ctx.float_in(ids)],
+        [out],
+        options=_options(fb.GatherOptionsT, axis=0, batchDims=0),
+        options_type=OPT.GatherOptions,
+    )
+
+
+# -- elementwise ----------------------------------------------------------------------------
+_BINARY = {
+    Op.ADD: (OP.ADD, OPT.AddOptions, fb.AddOptionsT),
+    Op.SUB: (OP.SUB, OPT.SubOptions, fb.SubOptionsT),
+    Op.MUL: (OP.MUL, OPT.MulOptions, fb.MulOptionsT),
+    Op.DIV: (OP.DIV, OPT.DivOptions, fb.DivOptionsT),
+    Op.POW: (OP.POW, OPT.PowOptions, fb.PowOptionsT),
+    Op.EQUAL: (OP.EQUAL, OPT.EqualOptions, fb.EqualOptionsT),
+    Op.NOT_EQUAL: (OP.NOT_EQUAL, OPT.NotEqualOptions, fb.NotEqualOptionsT),
+}
+
+
+@lowers(*_BINARY)
+def binary(ctx: Ctx, node: Node) -> None:
+    code, opt_type, opt_cls = _BINARY[node.op]
+    a, b = (ctx.float_in(v) for v in node.inputs)
+    ctx.b.op(code, [a, b], [ctx.output(node.outputs[0])], options=opt_cls(), options_type=opt_type)
+
+
+_UNARY = {
+    Op.TANH: OP.TANH,
+    Op.RELU: OP.RELU,
+    Op.SQRT: OP.SQRT,
+    Op.RSQRT: OP.RSQRT,
+    Op.EXP: OP.EXP,
+    Op.NEG: OP.NEG,
+}
+
+
+@lowers(*_UNARY)
+def unary(ctx: Ctx, node: Node) -> None:
+    ctx.b.op(_UNARY[node.op], [ctx.float_in(node.inputs[0])], [ctx.output(node.outputs[0])])
+
+
+@lowers(Op.GELU)
+def gelu(ctx: Ctx, node: Node) -> None:
+    approximate = node.attrs.get("approximate", "none") == "tanh"
+    ctx.b.op(
+        OP.GELU,
+        [ctx.float_in(node.inputs[0])],
+        [ctx.output(node.outputs[0])],
+        options=_options(fb.GeluOptionsT, approximate=approximate),
+        options_type=OPT.GeluOptions,
+    )
+
+
+@lowers(Op.SOFTMAX)
+def softmax(ctx: Ctx, node: Node) -> None:
+    rank = len(ctx.shape(node.inputs[0]))
+    if int(node.attrs["axis"]) % rank != rank - 1:
+        raise QExportError(f"tflite backend: Softmax {node.name!r} is not over the last axis")
+    ctx.b.op(
+        OP.SOFTMAX,
+        [ctx.float_in(node.inputs[0])],
+        [ctx.output(node.outputs[0])],
+        options=_options(fb.SoftmaxOptionsT, beta=1.0),
+        options_type=OPT.SoftmaxOptions,
+    )
+
+
+@lowers(Op.LAYER_NORM)
+def layer_norm(ctx: Ctx, node: Node) -> None:
+    """Decomposed in float: mean, centre, mean of squares, rsqrt(var + eps), scale, shift."""
+    x = ctx.float_in(node.inputs[0])
+    rank = len(ctx.shape(node.inputs[0]))
+    axes = ctx.int_vector("layer_norm.axes", list(range(rank - int(node.attrs["num_axes"]), rank)))
+    name, shape = node.outputs[0], ctx.shape(node.inputs[0])
+    stat_shape = shape[: rank - int(node.attrs["num_axes"])] + (1,) * int(node.attrs["num_axes"])
+    mean_opts = _options(fb.ReducerOptionsT, keepDims=True)
+    mean = ctx.b.tensor(f"{name}.mean", stat_shape, "float32")
+    ctx.b.op(OP.MEAN, [x, axes], [mean], options=mean_opts, options_type=OPT.ReducerOptions)
+    centered = ctx.b.tensor(f"{name}.centered", shape, "float32")
+    ctx.b.op(OP.SUB, [x, mean], [centered], options=fb.SubOptionsT(), options_type=OPT.SubOptions)
+    square = ctx.b.tensor(f"{name}.square", shape, "float32")
+    ctx.b.op(OP.MUL, [centered, centered], [square], options=fb.MulOptionsT(), options_type=OPT.MulOptions)
+    var = ctx.b.tensor(f"{name}.var", stat_shape, "float32")
+    ctx.b.op(OP.MEAN, [square, axes], [var], options=mean_opts, options_type=OPT.ReducerOptions)
+    eps = ctx.b.scalar(f"{name}.eps", np.float32(node.attrs["eps"]))
+    var_eps = ctx.b.tensor(f"{name}.var_eps", stat_shape, "float32")
+    ctx.b.op(OP.ADD, [var, eps], [var_eps], options=fb.AddOptionsT(), options_type=OPT.AddOptions)
+    inv = ctx.b.tensor(f"{name}.rstd", stat_shape, "float32")
+    ctx.b.op(OP.RSQRT, [var_eps], [inv])
+    w_name = node.inputs[1] if len(node.inputs) > 1 else ""
+    b_name = node.inputs[2] if len(node.inputs) > 2 else ""
+    y = ctx.output(name) if not (w_name or b_name) else ctx.b.tensor(f"{name}.normalized", shape, "float32")
+    ctx.b.op(OP.MUL, [centered, inv], [y], options=fb.MulOptionsT(), options_type=OPT.MulOptions)
+    if w_name:
+        scaled = ctx.output(name) if not b_name else ctx.b.tensor(f"{name}.scaled", shape, "float32")
+        ctx.b.op(
+            OP.MUL, [y, ctx.float_in(w_name)], [scaled], options=fb.MulOptionsT(), options_type=OPT.MulOptions
+        )
+        y = scaled
+    if b_name:
+        ctx.b.op(
+            OP.ADD,
+            [y, ctx.float_in(b_name)],
+            [ctx.output(name)],
+            options=fb.AddOptionsT(),
+            options_type=OPT.AddOptions,
+        )
+
+
+@lowers(Op.MATMUL)
+def matmul(ctx: Ctx, node: Node) -> None:
+    a, b = (ctx.float_in(v) for v in node.inputs)
+    ctx.b.op(
+        OP.BATCH_MATMUL,
+        [a, b],
+        [ctx.output(node.outputs[0])],
+        options=_options(fb.BatchMatMulOptionsT, adjX=False, adjY=False),
+        options_type=OPT.BatchMatMulOptions,
+    )
+
+
+# -- shapes ---------------------------------------------------------------------------------
+def _reshape(
+    ctx: Ctx,
+    src: int,
+    shape: tuple[int, ...],
+    name: str,
+    quant: Quant | None = None,
+    dtype: str | None = None,
+) -> int:
+    if ctx.b.shape_of(src) == tuple(shape):
+        return src
+    if ctx.b.has(name):  # e.g. Q, K and V reshape their shared input once
+        return ctx.b.index[name]
+    out = ctx.b.tensor(name, tuple(shape), dtype or ctx.b.dtype_of(src), quant)
+    if quant is None:  # a reshape of integers keeps their scale and zero point
+        ctx.b.tensors[out].quantization = ctx.b.tensors[src].quantization
+    ctx.b.op(
+        OP.RESHAPE,
+        [src, ctx.int_vector("shape", list(shape))],
+        [out],
+        options=_options(fb.ReshapeOptionsT, newShape=np.asarray(shape, np.int32)),
+        options_type=OPT.ReshapeOptions,
+    )
+    return out
+
+
+def _reshape_into(ctx: Ctx, src: int, node: Node, exact: bool = False) -> None:
+    """Reshape ``src`` into the node's output; ``exact``: ``src`` already holds the value with
+    its spec applied (integer kernel output), so it is the IR value itself, not ``_float``."""
+    value = node.outputs[0]
+    out = ctx.b.tensor(value, ctx.shape(value), "float32") if exact else ctx.output(value)
+    ctx.b.op(
+        OP.RESHAPE,
+        [src, ctx.int_vector("shape", list(ctx.shape(node.outputs[0])))],
+        [out],
+        options=_options(fb.ReshapeOptionsT, newShape=np.asarray(ctx.shape(node.outputs[0]), np.int32)),
+        options_type=OPT.ReshapeOptions,
+    )
+
+
+@lowers(Op.RESHAPE, Op.SQUEEZE, Op.UNSQUEEZE)
+def reshape(ctx: Ctx, node: Node) -> None:
+    _reshape_into(ctx, ctx.float_in(node.inputs[0]), node)
+
+
+@lowers(Op.TRANSPOSE)
+def transpose(ctx: Ctx, node: Node) -> None:
+    perm = ctx.int_vector("perm", list(node.attrs["perm"]))
+    ctx.b.op(
+        OP.TRANSPOSE,
+        [ctx.float_in(node.inputs[0]), perm],
+        [ctx.output(node.outputs[0])],
+        options=fb.TransposeOptionsT(),
+        options_type=OPT.TransposeOptions,
+    )
+
+
+@lowers(Op.SLICE)
+def slice_(ctx: Ctx, node: Node) -> None:
+    shape = ctx.shape(node.inputs[0])
+    axis = int(node.attrs["axis"]) % len(shape)
+    begin, end, step = [0] * len(shape), list(shape), [1] * len(shape)
+    begin[axis] = max(0, min(evaluate(node.attrs["start"], ctx.dims), shape[axis]))
+    end[axis] = max(0, min(evaluate(node.attrs["end"], ctx.dims), shape[axis]))
+    step[axis] = int(node.attrs["step"])
+    ctx.b.op(
+        OP.STRIDED_SLICE,
+        [
+            ctx.float_in(node.inputs[0]),
+            ctx.int_vector("begin", begin),
+            ctx.int_vector("end", end),
+            ctx.int_vector("strides", step),
+        ],
+        [ctx.output(node.outputs[0])],
+        options=fb.StridedSliceOptionsT(),
+        options_type=OPT.StridedSliceOptions,
+    )
+
+
+@lowers(Op.CONCAT)
+def concat(ctx: Ctx, node: Node) -> None:
+    rank = len(ctx.shape(node.outputs[0]))
+    ctx.b.op(
+        OP.CONCATENATION,
+        [ctx.float_in(v) for v in node.inputs if v],
+        [ctx.output(node.outputs[0])],
+        options=_options(fb.ConcatenationOptionsT, axis=int(node.attrs["axis"]) % rank),
+        options_type=OPT.ConcatenationOptions,
+    )
+
+
+@lowers(Op.EXPAND)
+def expand(ctx: Ctx, node: Node) -> None:
+    shape = ctx.int_vector("shape", list(ctx.shape(node.outputs[0])))
+    ctx.b.op(OP.BROADCAST_TO, [ctx.float_in(node.inputs[0]), shape], [ctx.output(node.outputs[0])])
+
+
+@lowers(Op.WHERE)
+def where(ctx: Ctx, node: Node) -> None:
+    ctx.b.op(OP.SELECT_V2, [ctx.float_in(v) for v in node.inputs], [ctx.output(node.outputs[0])])
+
+
+@lowers(Op.CAST)
+def cast(ctx: Ctx, node: Node) -> None:
+    ctx.b.op(OP.CAST, [ctx.float_in(node.inputs[0])], [ctx.output(node.outputs[0])])
+
+
+@lowers(Op.REDUCE_MEAN, Op.REDUCE_SUM)
+def reduce(ctx: Ctx, node: Node) -> None:
+    rank = len(ctx.shape(node.inputs[0]))
+    axes = ctx.int_vector("axes", [int(a) % rank for a in node.attrs["axes"]])
+    ctx.b.op(
+        OP.MEAN if node.op is Op.REDUCE_MEAN else OP.SUM,
+        [ctx.float_in(node.inputs[0]), axes],
+        [ctx.output(node.outputs[0])],
+        options=_options(fb.ReducerOptionsT, keepDims=bool(node.attrs["keepdims"])),
+        options_type=OPT.ReducerOptions,
+    )
+
+
+@lowers(Op.CUMSUM)
+def cumsum(ctx: Ctx, node: Node) -> None:
+    rank = len(ctx.shape(node.inputs[0]))
+    axis = ctx.b.scalar("cumsum.axis", np.int32(int(node.attrs["axis"]) % rank), "int32")
+    ctx.b.op(
+        OP.CUMSUM,
+        [ctx.float_in(node.inputs[0]), axis],
+        [ctx.output(node.outputs[0])],
+        options=fb.CumsumOptionsT(),
+        options_type=OPT.CumsumOptions,
+    )
+
+
+@lowers(Op.PAD)
+def pad(ctx: Ctx, node: Node) -> None:
+    pads = np.asarray(node.attrs["pads"], np.int32)
+    info = ctx.graph.values[node.outputs[0]]
+    value = ctx.b.scalar(
+        "pad.value", np.asarray(node.attrs["value"], np.float32 if info.dtype == "float32" else np.int32)
+    )
+    ctx.b.op(
+        OP.PADV2,
+        [ctx.float_in(node.inputs[0]), ctx.b.scalar("pads", pads, "int32"), value],
+        [ctx.output(node.outputs[0])],
+        options=fb.PadV2OptionsT(),
+        options_type=OPT.PadV2Options,
+    )
