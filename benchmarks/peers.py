@@ -107,3 +107,96 @@ def _run_torch(hidden: Any, path: Path, held_out, one) -> dict[str, Any]:
         one_t = {k: torch.from_numpy(v) for k, v in one.items()}
         lat = latency_ms(lambda: hidden(one_t))
     return {"bytes": path.stat().st_size, "latency_ms": lat, "pooled": np.concatenate(rows)}
+
+
+def litert_file(path: Path, held_out: dict[str, np.ndarray], one: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Any .tflite with a serving_default signature, run by the LiteRT interpreter (XNNPACK)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interp = Interpreter(model_path=str(path), num_threads=2)
+    interp.allocate_tensors()
+    runner = interp.get_signature_runner("serving_default")
+    details = runner.get_input_details()
+    rows = []
+    for i in range(len(held_out["input_ids"])):
+        feed = {n: held_out[n][i : i + 1].astype(d["dtype"]) for n, d in details.items()}
+        rows.append(pooled(runner(**feed)["last_hidden_state"], feed["attention_mask"]))
+    feed1 = {n: one[n].astype(d["dtype"]) for n, d in details.items()}
+    return {
+        "bytes": path.stat().st_size,
+        "latency_ms": latency_ms(lambda: runner(**feed1)),
+        "pooled": np.concatenate(rows),
+    }
+
+
+# ---- TFLite routes a user would take today (need `pip install 'qexport[bench]'`)
+class _SentenceEncoder:
+    """HF model -> last_hidden_state only, keyword inputs (what litert-torch traces)."""
+
+    def __new__(cls, hf: Any) -> Any:
+        import torch
+
+        class Wrapper(torch.nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.model = hf
+
+            def forward(self, input_ids: Any, attention_mask: Any, token_type_ids: Any) -> Any:
+                out = self.model(
+                    input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
+                )
+                return {"last_hidden_state": out.last_hidden_state}
+
+        return Wrapper().eval()
+
+
+def _sample_kwargs(one: dict[str, np.ndarray]) -> dict[str, Any]:
+    import torch
+
+    return {k: torch.from_numpy(v.astype(np.int32)) for k, v in one.items()}
+
+
+def litert_torch_fp32(hf: Any, work: Path, one: dict[str, np.ndarray]) -> Path:
+    """litert-torch's plain fp32 conversion (the starting point of the AEQ route)."""
+    import litert_torch
+
+    path = work / "litert_torch_fp32.tflite"
+    if not path.exists():
+        litert_torch.convert(_SentenceEncoder(hf), sample_kwargs=_sample_kwargs(one)).export(str(path))
+    return path
+
+
+def aeq_dynamic(fp32_tflite: Path, work: Path) -> Path:
+    """ai-edge-quantizer's dynamic-range recipe (int8 weights, float activations)."""
+    from ai_edge_quantizer import quantizer, recipe
+
+    qt = quantizer.Quantizer(str(fp32_tflite))
+    qt.load_quantization_recipe(recipe.dynamic_wi8_afp32())
+    path = work / "aeq_dynamic_wi8_afp32.tflite"
+    qt.quantize().export_model(str(path), overwrite=True)
+    return path
+
+
+def litert_pt2e_static(hf: Any, work: Path, one: dict[str, np.ndarray], calib: dict[str, np.ndarray]) -> Path:
+    """litert-torch with its pt2e static int8 quantizer, calibrated on the same sentences."""
+    import litert_torch
+    import torch
+    from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
+    from litert_torch.quantize.quant_config import QuantConfig
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    module = _SentenceEncoder(copy.deepcopy(hf))
+    quantizer = PT2EQuantizer().set_global(
+        get_symmetric_quantization_config(is_per_channel=True, is_dynamic=False)
+    )
+    exported = torch.export.export(module, (), _sample_kwargs(one)).module()
+    prepared = prepare_pt2e(exported, quantizer)
+    with torch.no_grad():
+        for i in range(0, len(calib["input_ids"]), 1):
+            prepared(**_sample_kwargs({k: v[i : i + 1] for k, v in calib.items()}))
+    converted = convert_pt2e(prepared, fold_quantize=False)
+    path = work / "litert_torch_pt2e_static.tflite"
+    litert_torch.convert(
+        converted, sample_kwargs=_sample_kwargs(one), quant_config=QuantConfig(pt2e_quantizer=quantizer)
+    ).export(str(path))
+    return path

@@ -98,8 +98,8 @@ def main() -> None:
         "peak_rss_mb": peak_rss_mb(),
     }
     backend = get("onnx")
-    ort_fp32_ms = None
-    for recipe in ("fp32", "int8", "dynamic", "int8-mixed"):
+    ort_fp32_ms = litert_fp32_ms = None
+    for recipe in ("fp32", "int8", "int8-full", "dynamic", "int8-mixed"):
         t = time.perf_counter()
         q = qexport.quantize(graph, recipe, calibration=calib)
         q_seconds = time.perf_counter() - t
@@ -140,6 +140,27 @@ def main() -> None:
                 "ir_vs_fp32": parity(sim, ref),
             }
         )
+        if recipe in ("fp32", "int8", "int8-full", "dynamic"):
+            t = time.perf_counter()
+            tfl = work / f"qexport_{recipe}.tflite"
+            get("tflite").lower(q, tfl)
+            result["pipeline"][f"lower tflite[{recipe}]"] = {
+                "seconds": round(time.perf_counter() - t, 2),
+                "peak_rss_mb": peak_rss_mb(),
+            }
+            run = peers.litert_file(tfl, held_out, one)
+            if recipe == "fp32":
+                litert_fp32_ms = run["latency_ms"]
+            result["rows"].append(
+                {
+                    "tool": f"qexport {recipe} (.tflite)",
+                    "runtime": "litert",
+                    "bytes": run["bytes"],
+                    "latency_ms": run["latency_ms"],
+                    **parity(run["pooled"], ref),
+                    "sqnr_vs_ir_db": parity(run["pooled"], sim)["sqnr_db"],
+                }
+            )
         if recipe in ("fp32", "int8", "dynamic"):
             t = time.perf_counter()
             pt2 = work / f"qexport_{recipe}.pt2"
@@ -193,6 +214,23 @@ def main() -> None:
             "torch",
             lambda: peers.torch_dynamic(hf, work, held_out, one, per_channel=True),
         ),
+        (
+            "litert-torch fp32",
+            "litert",
+            lambda: peers.litert_file(peers.litert_torch_fp32(hf, work, one), held_out, one),
+        ),
+        (
+            "litert-torch fp32 + ai-edge-quantizer dynamic_wi8_afp32",
+            "litert",
+            lambda: peers.litert_file(
+                peers.aeq_dynamic(peers.litert_torch_fp32(hf, work, one), work), held_out, one
+            ),
+        ),
+        (
+            "litert-torch pt2e static int8 (per-channel, symmetric)",
+            "litert",
+            lambda: peers.litert_file(peers.litert_pt2e_static(hf, work, one, calib), held_out, one),
+        ),
     ]
     for tool, runtime, fn in peer_runs:
         try:
@@ -218,7 +256,7 @@ def main() -> None:
     for row in result["rows"]:
         if "bytes" in row:
             row["bytes_vs_fp32"] = round(row["bytes"] / fp32_bytes, 3)
-            base = ort_fp32_ms if row["runtime"] == "onnxruntime" else torch_fp32_ms
+            base = {"onnxruntime": ort_fp32_ms, "litert": litert_fp32_ms}.get(row["runtime"], torch_fp32_ms)
             row["latency_vs_runtime_fp32"] = round(row["latency_ms"] / base, 3)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(result, indent=2) + "\n")

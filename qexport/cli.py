@@ -91,7 +91,8 @@ def convert_cmd(
         str | None,
         typer.Option(
             "--to",
-            help="Comma-separated backends (onnx, ...); default: every available one; none: model.qir only.",
+            help="Comma-separated backends (tflite, onnx, torch); default: every available one; "
+            "none: model.qir only.",
         ),
     ] = None,
     out: Annotated[
@@ -112,13 +113,22 @@ def convert_cmd(
         str,
         typer.Option(
             "--recipe",
-            help="Recipe: int8 (static, default), dynamic, int16x8, weight-only, fp32, or a .toml/.json file.",
+            help="Recipe: int8 (static, default), int8-full (int8 Linear outputs too: fast TFLite), "
+            "dynamic, int8-mixed, int16x8, weight-only, fp32, or a .toml/.json file.",
         ),
     ] = "int8",
     config: Annotated[Path | None, typer.Option("--config", help="config.json for a state_dict SRC.")] = None,
     trust_pickle: Annotated[
         bool,
         typer.Option("--trust-pickle", help="Allow unpickling a whole nn.Module (runs code from the file!)."),
+    ] = False,
+    integer_io: Annotated[
+        bool,
+        typer.Option(
+            "--integer-io",
+            help="TFLite: integer inputs and outputs for micro-controllers (refused, naming the float "
+            "ops, unless the recipe quantizes every op).",
+        ),
     ] = False,
     check: Annotated[
         bool,
@@ -138,6 +148,7 @@ def convert_cmd(
         tokenizer=tokenizer,
         config=config,
         trust_pickle=trust_pickle,
+        integer_io=integer_io,
     )
     if trust_pickle:
         console.print("[yellow]warning:[/] --trust-pickle: unpickling runs code from the model file")

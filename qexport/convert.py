@@ -33,6 +33,7 @@ class ConvertOptions:
     tokenizer: Path | None = None
     config: Path | None = None
     trust_pickle: bool = False
+    integer_io: bool = False  # TFLite: integer model inputs/outputs (full-integer graphs only)
 
 
 def sha256_file(path: Path) -> str:
@@ -73,6 +74,11 @@ def convert(src: str | Path, out: Path, opts: ConvertOptions, step: Step | None 
     step = step or (lambda _label: nullcontext())
     _validate(src, opts)
     targets = [backends.get(name) for name in opts.to]
+    if opts.integer_io and "tflite" not in opts.to:
+        raise UsageError("--integer-io applies to the tflite backend; add tflite to --to")
+    for backend in targets:
+        if hasattr(backend, "integer_io"):
+            backend.integer_io = opts.integer_io
     with StagedOutput(out) as stage:
         with step("capturing the model with torch.export"):
             captured = capture_source(

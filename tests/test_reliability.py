@@ -117,7 +117,7 @@ def test_random_recipe_documents_are_recipes_or_recipe_errors(doc):
 # ------------------------------------------------------------ atomic output, concurrency, determinism
 
 
-def _convert_cmd(src, out, *extra):
+def _convert_cmd(src, out, *extra, to="onnx"):
     return [
         sys.executable,
         "-m",
@@ -126,7 +126,7 @@ def _convert_cmd(src, out, *extra):
         "-o",
         str(out),
         "--to",
-        "onnx",
+        to,
         "--seq-len",
         "16",
         "--no-check",
@@ -181,9 +181,10 @@ def test_separate_processes_with_different_hash_seeds_write_identical_bytes(tiny
     for seed in ("1", "2"):
         out = tmp_path / f"out{seed}"
         env = {**os.environ, "PYTHONHASHSEED": seed}
-        subprocess.run(_convert_cmd(tiny_model_dirs["bert"], out), check=True, capture_output=True, env=env)
+        cmd = _convert_cmd(tiny_model_dirs["bert"], out, to="onnx,tflite")
+        subprocess.run(cmd, check=True, capture_output=True, env=env)
         outs.append(out)
-    for name in ("model.qir", "model.onnx", "manifest.json"):
+    for name in ("model.qir", "model.onnx", "model.tflite", "manifest.json"):
         assert (outs[0] / name).read_bytes() == (outs[1] / name).read_bytes(), name
     manifest = json.loads((outs[0] / "manifest.json").read_text())
     assert len(manifest["artifacts"][0]["sha256"]) == 64 and len(manifest["ir"]["sha256"]) == 64

@@ -57,7 +57,8 @@ class TfliteBackend:
             LOWERINGS[node.op](ctx, node)
         outputs = {}
         for public, value in graph.outputs.items():
-            outputs[public] = ctx.b.tensors[ctx.float_in(value)].name
+            tensor = ctx.quantized(value) if self.integer_io else ctx.float_in(value)
+            outputs[public] = ctx.b.tensors[tensor].name
         recipe = graph.metadata.get("recipe", {})
         description = f"qexport {__version__}; recipe {recipe.get('name', 'fp32') if isinstance(recipe, dict) else recipe}"
         return ctx.b.finish(inputs, outputs, description)
@@ -86,11 +87,12 @@ class TfliteBackend:
         results: dict[str, list[np.ndarray]] = {}
         for i in range(batch):
             feed = {}
-            for name, detail in details.items():
+            for name, detail in sorted(details.items()):
                 x = arrays[name][i : i + 1]
-                if tuple(x.shape) != tuple(detail["shape"]):
+                want = tuple(int(d) for d in detail["shape"])
+                if tuple(x.shape) != want:
                     raise QExportError(
-                        f"tflite model expects {name} of shape {tuple(detail['shape'])}, got {tuple(x.shape)}; "
+                        f"tflite model expects {name} of shape {want}, got {tuple(x.shape)}; "
                         "evaluate at the --seq-len it was converted with"
                     )
                 feed[name] = x.astype(detail["dtype"])

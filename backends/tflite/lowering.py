@@ -164,12 +164,16 @@ def _integer_linear(ctx: Ctx, node: Node, rows: int) -> None:
         )
     else:
         joined = parts[0]
-    placement = np.zeros((n_out, len(placed_channels)), np.float32)
-    placement[placed_channels, np.arange(len(placed_channels))] = 1.0
+    # The 0/1 placement matrix is stored as int8 (scale 1) and dequantized once at load.
+    placement = np.zeros((n_out, len(placed_channels)), np.int8)
+    placement[placed_channels, np.arange(len(placed_channels))] = 1
+    stored = ctx.b.constant(f"{out}.placement_quantized", placement, Quant(np.float32(1.0), np.int64(0)))
+    matrix = ctx.b.tensor(f"{out}.placement", placement.shape, "float32")
+    ctx.b.op(OP.DEQUANTIZE, [stored], [matrix], version=2)
     placed = ctx.b.tensor(f"{out}.placed.2d", (rows, n_out), "float32")
     ctx.b.op(
         OP.FULLY_CONNECTED,
-        [joined, ctx.b.constant(f"{out}.placement", placement)],
+        [joined, matrix],
         [placed],
         version=1,
         options=fb.FullyConnectedOptionsT(),
@@ -408,8 +412,9 @@ def slice_(ctx: Ctx, node: Node) -> None:
     shape = ctx.shape(node.inputs[0])
     axis = int(node.attrs["axis"]) % len(shape)
     begin, end, step = [0] * len(shape), list(shape), [1] * len(shape)
-    begin[axis] = max(0, min(evaluate(node.attrs["start"], ctx.dims), shape[axis]))
-    end[axis] = max(0, min(evaluate(node.attrs["end"], ctx.dims), shape[axis]))
+    begin[axis], end[axis], _ = slice(
+        evaluate(node.attrs["start"], ctx.dims), evaluate(node.attrs["end"], ctx.dims)
+    ).indices(shape[axis])  # Python slicing: negative bounds count from the end, then clamp
     step[axis] = int(node.attrs["step"])
     ctx.b.op(
         OP.STRIDED_SLICE,
