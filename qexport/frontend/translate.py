@@ -497,7 +497,10 @@ def translate(
         if spec.kind.name in ("PARAMETER", "BUFFER", "CONSTANT_TENSOR"):
             tensor = state[spec.target].detach()
             name = spec.target.removeprefix(prefix)
-            array = tensor.numpy().copy() if tensor.dtype != torch.bfloat16 else None
+            # A view, not a copy: the IR's float weights share memory with the module's
+            # parameters (nothing in qexport writes to a constant in place), which keeps a
+            # BERT-large conversion within 3x its weight bytes (docs/capture.md).
+            array = tensor.numpy() if tensor.dtype != torch.bfloat16 else None
             if array is None or str(array.dtype) not in {
                 "float32",
                 "int64",

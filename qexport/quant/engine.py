@@ -46,6 +46,22 @@ class LinearGroup:
         return f"{self.linears[0].name}.input"
 
 
+def _copy_graph(graph: Graph) -> Graph:
+    """A copy whose structure can be edited; constant arrays are shared, not copied (the engine
+    replaces constants, it never writes into one), so quantizing costs no extra model copy."""
+    return Graph(
+        inputs=dict(graph.inputs),
+        outputs=dict(graph.outputs),
+        nodes=[
+            Node(n.name, n.op, list(n.inputs), list(n.outputs), copy.deepcopy(n.attrs)) for n in graph.nodes
+        ],
+        constants=dict(graph.constants),
+        values=dict(graph.values),
+        quant=dict(graph.quant),
+        metadata=copy.deepcopy(graph.metadata),
+    )
+
+
 def linear_groups(graph: Graph, recipe: Recipe) -> list[LinearGroup]:
     groups: dict[str, LinearGroup] = {}
     for node in graph.nodes:
@@ -70,7 +86,7 @@ def quantize_graph(
     graph: Graph, recipe: Recipe, calib: CalibrationSet | None, progress: Progress | None = None
 ) -> Graph:
     """A new graph with ``recipe`` applied; ``graph`` is not modified."""
-    out = copy.deepcopy(graph)
+    out = _copy_graph(graph)
     out.metadata["recipe"] = to_dict(recipe)
     if recipe.scheme == "none":
         return out

@@ -41,16 +41,24 @@ def run(
     env: dict[str, np.ndarray] = {}
     for name, info in graph.inputs.items():
         env[name] = np.asarray(inputs[name]).astype(info.dtype, copy=False)
-    for name, array in graph.constants.items():
-        spec = graph.quant.get(name)
-        env[name] = dequantize(array, spec) if spec is not None else array
+    env.update(graph.constants)  # quantized constants are dequantized when read, not all at once
     keep_set = set(keep or ())
     last_use = _last_use(graph, keep_set)
     for index, node in enumerate(graph.nodes):
-        args = [env[i] if i else None for i in node.inputs]
+        lazy = node.op is Op.GATHER and node.inputs[0] in graph.quant  # rows dequantized in _gather_rows
+        args = [
+            None if (lazy and k == 0) else _read(graph, env, i) if i else None
+            for k, i in enumerate(node.inputs)
+        ]
         try:
-            exact = _integer_linear(graph, node, env) if simulate and node.op is Op.LINEAR else None
-            result = exact if exact is not None else KERNELS[node.op](args, node.attrs, dims)
+            if node.op is Op.GATHER and node.inputs[0] in graph.quant and node.inputs[0] in graph.constants:
+                result = _gather_rows(graph, node, env)
+            elif (
+                simulate and node.op is Op.LINEAR and (exact := _integer_linear(graph, node, env)) is not None
+            ):
+                result = exact
+            else:
+                result = KERNELS[node.op](args, node.attrs, dims)
         except QExportError:
             raise
         except (ValueError, IndexError, TypeError) as exc:
@@ -71,6 +79,30 @@ def run(
         if name in env:
             result_map[name] = env[name]
     return result_map
+
+
+def _read(graph: Graph, env: dict[str, np.ndarray], name: str) -> np.ndarray:
+    """A node input; a quantized constant is dequantized for this read only (a model's worth
+    of dequantized weights never sits in memory at once)."""
+    spec = graph.quant.get(name) if name in graph.constants else None
+    return dequantize(env[name], spec) if spec is not None else env[name]
+
+
+def _gather_rows(graph: Graph, node: Node, env: dict[str, np.ndarray]) -> np.ndarray:
+    """Gather from a quantized table: pick the integer rows, then dequantize only those.
+    Equal to dequantizing the whole table first (per-row or per-tensor params, elementwise)."""
+    table, idx = graph.constants[node.inputs[0]], env[node.inputs[1]]
+    spec = graph.quant[node.inputs[0]]
+    if idx.size and (idx.min() < 0 or idx.max() >= table.shape[0]):
+        raise QExportError(f"Gather index out of range [0, {table.shape[0]})")
+    rows = np.take(table, idx, axis=0)
+    if spec.axis is None:
+        return dequantize(rows, spec)
+    if spec.axis != 0:
+        return np.take(dequantize(table, spec), idx, axis=0)
+    scale = np.take(spec.scale, idx).reshape(idx.shape + (1,) * (table.ndim - 1))
+    zero = np.take(spec.zero_point, idx).reshape(scale.shape)
+    return ((rows.astype(np.int64) - zero).astype(np.float32) * scale).astype(np.float32)
 
 
 def _integer_linear(graph: Graph, node: Node, env: dict[str, np.ndarray]) -> np.ndarray | None:
