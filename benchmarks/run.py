@@ -13,6 +13,8 @@ import argparse
 import json
 import os
 import platform
+import subprocess
+import sys
 import tempfile
 import time
 import traceback
@@ -30,6 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--skip-scale", action="store_true", help="skip the BERT-base/-large conversions")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
@@ -258,10 +261,24 @@ def main() -> None:
             row["bytes_vs_fp32"] = round(row["bytes"] / fp32_bytes, 3)
             base = {"onnxruntime": ort_fp32_ms, "litert": litert_fp32_ms}.get(row["runtime"], torch_fp32_ms)
             row["latency_vs_runtime_fp32"] = round(row["latency_ms"] / base, 3)
+    if not args.skip_scale:
+        result["scaling"] = [_scale(name) for name in ("minilm", "bert-base", "bert-large")]
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
     (args.out / "results.md").write_text(to_markdown(result))
     print(to_markdown(result))
+
+
+def _scale(name: str) -> dict[str, Any]:
+    """One full conversion (int8, onnx + tflite + torch) in a fresh process: time and peak RSS."""
+    cmd = [sys.executable, "-m", "benchmarks.scale", name]
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=1200, cwd=ROOT, check=False)
+    except subprocess.TimeoutExpired:
+        return {"model": name, "failed": "timed out after 1200 s"}
+    if done.returncode != 0:
+        return {"model": name, "failed": (done.stderr.strip().splitlines() or ["?"])[-1][:300]}
+    return dict(json.loads(done.stdout.strip().splitlines()[-1]))
 
 
 def to_markdown(result: dict[str, Any]) -> str:
@@ -284,6 +301,29 @@ def to_markdown(result: dict[str, Any]) -> str:
     lines += ["", "Pipeline cost (this run):", "", "| step | seconds | peak RSS MB |", "|---|---|---|"]
     for step, v in result["pipeline"].items():
         lines.append(f"| {step} | {v['seconds']} | {v['peak_rss_mb']} |")
+    if result.get("scaling"):
+        lines += [
+            "",
+            "Growth with model size: `qexport SRC --to onnx,tflite,torch` (int8), one process per model:",
+            "",
+            "| model | fp32 weights MB | total s | peak RSS MB | × fp32 weights | capture s | quantize s | "
+            "onnx s | tflite s | torch s |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for r in result["scaling"]:
+            if "failed" in r:
+                lines.append(f"| {r['model']} | failed: {r['failed'][:120]} |||||||||")
+                continue
+            st = {
+                k.split(" ")[0] if not k.startswith("lowering") else k.split(" ")[-1]: v
+                for k, v in r["steps"].items()
+            }
+            lines.append(
+                f"| {r['model']} | {r['fp32_weight_mb']} | {r['seconds']} | {r['peak_rss_mb']} | "
+                f"{r['peak_rss_vs_fp32_weights']} | {st.get('capturing', {}).get('seconds', '')} | "
+                f"{st.get('quantizing', {}).get('seconds', '')} | {st.get('onnx', {}).get('seconds', '')} | "
+                f"{st.get('tflite', {}).get('seconds', '')} | {st.get('torch', {}).get('seconds', '')} |"
+            )
     return "\n".join(lines) + "\n"
 
 

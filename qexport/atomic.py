@@ -9,7 +9,7 @@ from pathlib import Path
 from qexport.errors import OutputError
 
 
-def write_bytes(path: Path, data: bytes) -> None:
+def write_bytes(path: Path, data: bytes | memoryview) -> None:
     """Write ``data`` to ``path`` atomically: readers see the old file or the whole new one."""
     path = Path(path)
     try:

@@ -181,10 +181,10 @@ def test_separate_processes_with_different_hash_seeds_write_identical_bytes(tiny
     for seed in ("1", "2"):
         out = tmp_path / f"out{seed}"
         env = {**os.environ, "PYTHONHASHSEED": seed}
-        cmd = _convert_cmd(tiny_model_dirs["bert"], out, to="onnx,tflite")
+        cmd = _convert_cmd(tiny_model_dirs["bert"], out, to="onnx,tflite,torch")
         subprocess.run(cmd, check=True, capture_output=True, env=env)
         outs.append(out)
-    for name in ("model.qir", "model.onnx", "model.tflite", "manifest.json"):
+    for name in ("model.qir", "model.onnx", "model.tflite", "model.pt2", "manifest.json"):
         assert (outs[0] / name).read_bytes() == (outs[1] / name).read_bytes(), name
     manifest = json.loads((outs[0] / "manifest.json").read_text())
     assert len(manifest["artifacts"][0]["sha256"]) == 64 and len(manifest["ir"]["sha256"]) == 64

@@ -33,8 +33,7 @@ class OnnxBackend:
                 raise QExportError(f"onnx backend: Linear {node.name!r} needs a constant weight")
 
     def build(self, graph: Graph) -> Any:
-        """The onnx.ModelProto for ``graph`` (checked by onnx.checker)."""
-        import onnx
+        """The onnx.ModelProto for ``graph`` (``lower`` checks its bytes with onnx.checker)."""
         from onnx import helper
 
         from qexport import __version__
@@ -68,31 +67,36 @@ class OnnxBackend:
             helper.make_tensor_value_info(n, _ONNX_DTYPES[i.dtype], list(i.shape))
             for n, i in graph.inputs.items()
         ]
-        onnx_graph = helper.make_graph(
-            b.nodes, "qexport", inputs, outputs, initializer=list(b.initializers.values())
-        )
         model = helper.make_model(
-            onnx_graph,
+            helper.make_graph(b.nodes, "qexport", inputs, outputs),
             opset_imports=[helper.make_opsetid("", OPSET)],
             producer_name=PRODUCER,
             producer_version=__version__,
         )
+        # Initializers join the model one at a time and the builder's copy is dropped at once:
+        # make_graph + make_model would hold three copies of every weight (BERT-large: +1 GB).
+        for name in list(b.initializers):
+            model.graph.initializer.append(b.initializers.pop(name))
         model.ir_version = 10
         recipe = graph.metadata.get("recipe", {})
         helper.set_model_props(model, {"qexport.recipe": str(recipe.get("name", recipe))})
+        return model
+
+    def lower(self, graph: Graph, path: Path) -> dict[str, Any]:
+        import onnx
+
+        model = self.build(graph)
+        ir_version = model.ir_version
+        data = model.SerializeToString(deterministic=True)
+        del model  # the proto and its bytes are each the size of the model: hold one at a time
         try:
-            onnx.checker.check_model(model, full_check=True)
+            onnx.checker.check_model(data, full_check=True)  # checks these very bytes
         except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
             raise QExportError(
                 f"onnx backend produced an invalid model: {str(exc).splitlines()[0]}"
             ) from None
-        return model
-
-    def lower(self, graph: Graph, path: Path) -> dict[str, Any]:
-        model = self.build(graph)
-        data = model.SerializeToString(deterministic=True)
         write_bytes(Path(path), data)
-        return {"opset": OPSET, "ir_version": model.ir_version}
+        return {"opset": OPSET, "ir_version": ir_version}
 
     def session(self, path: Path, *, threads: int = 2, optimize: bool = True) -> Any:
         import onnxruntime as ort

@@ -37,7 +37,7 @@ class TfliteBackend:
         if self.integer_io:
             _check_full_integer(graph)
 
-    def build(self, graph: Graph, seq_len: int | None = None) -> bytes:
+    def build(self, graph: Graph, seq_len: int | None = None) -> memoryview:
         """The .tflite bytes for ``graph`` with static shape [1, seq_len]."""
         from qexport import __version__
         from qexport.backends.tflite.context import Ctx
@@ -119,7 +119,7 @@ class TfliteBackend:
         return {n: np.concatenate(v, axis=0) for n, v in collected.items()}
 
 
-def inspect_ops(data: bytes) -> dict[str, int]:
+def inspect_ops(data: bytes | memoryview) -> dict[str, int]:
     """Operator name -> count in a .tflite flatbuffer (read with the schema, no runtime)."""
     from ai_edge_litert import schema_py_generated as fb
 

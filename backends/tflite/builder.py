@@ -147,7 +147,7 @@ class TfliteBuilder:
         inputs: dict[str, str],
         outputs: dict[str, str],
         description: str,
-    ) -> bytes:
+    ) -> memoryview:
         """Serialize; ``inputs``/``outputs`` map signature names to tensor names."""
         sg = fb.SubGraphT()
         sg.name = "main"
@@ -188,4 +188,5 @@ class TfliteBuilder:
         size = sum(len(b.data) for b in self.buffers if b.data is not None)
         builder = flatbuffers.Builder(size + 1024 * 1024)
         builder.Finish(model.Pack(builder), file_identifier=FILE_IDENTIFIER)
-        return bytes(builder.Output())
+        # A view of the builder's buffer: Output() and bytes() would each copy the whole model.
+        return memoryview(builder.Bytes)[builder.Head() :]

@@ -132,16 +132,18 @@ def quantize_graph(
         out.nodes.insert(position, node)
 
     if recipe.scheme == "static":
-        # Sensitivity: what each activation group costs alone (recorded for every static recipe);
-        # the ``sensitive_int16`` worst groups get int16 activations.
-        _static_activation_specs(out, recipe, calib, stats, act_values, quantize_bias=False)
-        table = sensitivity(graph, out, calib, list(act_values)) if calib is not None else []
+        # Sensitivity: what each activation group costs alone; the ``sensitive_int16`` worst
+        # groups get int16 activations.
+        # The table costs one model run per group (96 for BERT-large): only when it decides something.
         wide = 0 if recipe.activation_dtype == "int16" else recipe.sensitive_int16
+        _static_activation_specs(out, recipe, calib, stats, act_values, quantize_bias=False)
+        table = sensitivity(graph, out, calib, list(act_values)) if calib is not None and wide else []
         chosen = frozenset(name for name, _ in sorted(table, key=lambda row: row[1])[:wide])
         _static_activation_specs(out, recipe, calib, stats, act_values, chosen)
-        out.metadata["sensitivity"] = [
-            {"input": n, "sqnr_db": round(v, 2), "int16": n in chosen} for n, v in table
-        ]
+        if table:
+            out.metadata["sensitivity"] = [
+                {"input": n, "sqnr_db": round(v, 2), "int16": n in chosen} for n, v in table
+            ]
         if recipe.quantize_op_inputs and calib is not None:
             _op_input_specs(out, recipe, calib)
         if recipe.linear_outputs == "int8" and calib is not None:
