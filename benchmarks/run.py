@@ -271,7 +271,7 @@ def main() -> None:
 
 def _scale(name: str) -> dict[str, Any]:
     """One full conversion (int8, onnx + tflite + torch) in a fresh process: time and peak RSS."""
-    cmd = [sys.executable, "-m", "benchmarks.scale", name]
+    cmd = [sys.executable, "-m", "benchmarks.scale", name, "--check"]
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=1200, cwd=ROOT, check=False)
     except subprocess.TimeoutExpired:
@@ -279,6 +279,14 @@ def _scale(name: str) -> dict[str, Any]:
     if done.returncode != 0:
         return {"model": name, "failed": (done.stderr.strip().splitlines() or ["?"])[-1][:300]}
     return dict(json.loads(done.stdout.strip().splitlines()[-1]))
+
+
+def _check_seconds(steps: dict[str, dict[str, float]]) -> float | str:
+    """Seconds of the parity check: every step after the last lowering."""
+    names = list(steps)
+    last = max((i for i, k in enumerate(names) if k.startswith("lowering")), default=len(names))
+    after = names[last + 1 :]
+    return round(sum(steps[k]["seconds"] for k in after), 1) if after else ""
 
 
 def to_markdown(result: dict[str, Any]) -> str:
@@ -304,11 +312,11 @@ def to_markdown(result: dict[str, Any]) -> str:
     if result.get("scaling"):
         lines += [
             "",
-            "Growth with model size: `qexport SRC --to onnx,tflite,torch` (int8), one process per model:",
+            "Growth with model size: `qexport SRC --to onnx,tflite,torch` (int8) then its parity check on 8 samples, one process per model:",
             "",
-            "| model | fp32 weights MB | total s | peak RSS MB | × fp32 weights | capture s | quantize s | "
-            "onnx s | tflite s | torch s |",
-            "|---|---|---|---|---|---|---|---|---|---|",
+            "| model | fp32 weights MB | total s | peak RSS converting MB | × fp32 weights | "
+            "peak RSS incl. check MB | capture s | quantize s | onnx s | tflite s | torch s | check s (8 samples) |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for r in result["scaling"]:
             if "failed" in r:
@@ -318,11 +326,14 @@ def to_markdown(result: dict[str, Any]) -> str:
                 k.split(" ")[0] if not k.startswith("lowering") else k.split(" ")[-1]: v
                 for k, v in r["steps"].items()
             }
+            convert_mb = max(v["peak_rss_mb"] for k, v in r["steps"].items() if not k.startswith("running"))
             lines.append(
-                f"| {r['model']} | {r['fp32_weight_mb']} | {r['seconds']} | {r['peak_rss_mb']} | "
-                f"{r['peak_rss_vs_fp32_weights']} | {st.get('capturing', {}).get('seconds', '')} | "
+                f"| {r['model']} | {r['fp32_weight_mb']} | {r['seconds']} | {convert_mb} | "
+                f"{convert_mb / r['fp32_weight_mb']:.2f} | {r['peak_rss_mb']} | "
+                f"{st.get('capturing', {}).get('seconds', '')} | "
                 f"{st.get('quantizing', {}).get('seconds', '')} | {st.get('onnx', {}).get('seconds', '')} | "
-                f"{st.get('tflite', {}).get('seconds', '')} | {st.get('torch', {}).get('seconds', '')} |"
+                f"{st.get('tflite', {}).get('seconds', '')} | {st.get('torch', {}).get('seconds', '')} | "
+                f"{_check_seconds(r['steps'])} |"
             )
     return "\n".join(lines) + "\n"
 
