@@ -7,12 +7,14 @@ group ``qexport.backends``. Nothing is imported until a backend is asked for.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable, Collection, MutableMapping
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
-from qexport.errors import UsageError
+from qexport.errors import QExportError, UsageError
 from qexport.ir.graph import Graph
+from qexport.ir.ops import Op
 
 BUILTIN: dict[str, str] = {
     "onnx": "qexport.backends.onnx:OnnxBackend",
@@ -36,6 +38,38 @@ class Backend(Protocol):
 
     def run(self, path: Path, inputs: dict[str, Any]) -> dict[str, Any]:
         """Run the artifact with its real runtime; outputs keyed by the graph's output names."""
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def registrar(table: MutableMapping[Op, F]) -> Callable[..., Callable[[F], F]]:
+    """The ``@lowers(Op.X, ...)`` decorator that files a lowering function under its ops."""
+
+    def lowers(*ops: Op) -> Callable[[F], F]:
+        def register(fn: F) -> F:
+            for op in ops:
+                table[op] = fn
+            return fn
+
+        return register
+
+    return lowers
+
+
+def check_lowerable(
+    graph: Graph, backend: str, supported: Collection[Op], *, constant_weights: bool = True
+) -> None:
+    """Raise before anything is written when a node has no lowering (naming the op, the node
+    and what the backend supports) or a Linear's weight is not a constant."""
+    for node in graph.nodes:
+        if node.op not in supported:
+            names = ", ".join(sorted(op.value for op in supported))
+            raise QExportError(
+                f"{backend} backend cannot lower op {node.op.value} (node {node.name!r}); supported: {names}"
+            )
+        if constant_weights and node.op is Op.LINEAR and node.inputs[1] not in graph.constants:
+            raise QExportError(f"{backend} backend: Linear {node.name!r} needs a constant weight")
 
 
 def _specs() -> dict[str, str]:

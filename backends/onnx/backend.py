@@ -21,16 +21,10 @@ class OnnxBackend:
     suffix = ".onnx"
 
     def check(self, graph: Graph) -> None:
+        from qexport.backends import check_lowerable
         from qexport.backends.onnx.lowering import LOWERINGS
 
-        for node in graph.nodes:
-            if node.op not in LOWERINGS:
-                supported = ", ".join(sorted(op.value for op in LOWERINGS))
-                raise QExportError(
-                    f"onnx backend cannot lower op {node.op.value} (node {node.name!r}); supported: {supported}"
-                )
-            if node.op.value == "Linear" and node.inputs[1] not in graph.constants:
-                raise QExportError(f"onnx backend: Linear {node.name!r} needs a constant weight")
+        check_lowerable(graph, "onnx", LOWERINGS)
 
     def build(self, graph: Graph) -> Any:
         """The onnx.ModelProto for ``graph`` (``lower`` checks its bytes with onnx.checker)."""

@@ -11,6 +11,7 @@ from collections.abc import Callable
 import numpy as np
 import onnx
 
+from qexport.backends import registrar
 from qexport.backends.onnx.builder import OnnxBuilder
 from qexport.backends.onnx.symbolic import expr_tensor, shape_tensor
 from qexport.ir.graph import Node
@@ -30,13 +31,7 @@ _ONNX_DTYPES = {
 }
 
 
-def lowers(*ops: Op) -> Callable[[Lowering], Lowering]:
-    def register(fn: Lowering) -> Lowering:
-        for op in ops:
-            LOWERINGS[op] = fn
-        return fn
-
-    return register
+lowers = registrar(LOWERINGS)
 
 
 def _same(onnx_op: str) -> Lowering:

@@ -24,16 +24,10 @@ class TfliteBackend:
         self.integer_io = integer_io
 
     def check(self, graph: Graph) -> None:
+        from qexport.backends import check_lowerable
         from qexport.backends.tflite.lowering import LOWERINGS
 
-        for node in graph.nodes:
-            if node.op not in LOWERINGS:
-                supported = ", ".join(sorted(op.value for op in LOWERINGS))
-                raise QExportError(
-                    f"tflite backend cannot lower op {node.op.value} (node {node.name!r}); supported: {supported}"
-                )
-            if node.op is Op.LINEAR and node.inputs[1] not in graph.constants:
-                raise QExportError(f"tflite backend: Linear {node.name!r} needs a constant weight")
+        check_lowerable(graph, "tflite", LOWERINGS)
         if self.integer_io:
             _check_full_integer(graph)
 

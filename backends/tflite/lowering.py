@@ -12,6 +12,7 @@ from collections.abc import Callable
 import numpy as np
 from ai_edge_litert import schema_py_generated as fb
 
+from qexport.backends import registrar
 from qexport.backends.tflite.builder import Quant
 from qexport.backends.tflite.context import OP, OPT, Ctx, quant_of, to_storage
 from qexport.errors import QExportError
@@ -24,13 +25,7 @@ Lowering = Callable[[Ctx, Node], None]
 LOWERINGS: dict[Op, Lowering] = {}
 
 
-def lowers(*ops: Op) -> Callable[[Lowering], Lowering]:
-    def register(fn: Lowering) -> Lowering:
-        for op in ops:
-            LOWERINGS[op] = fn
-        return fn
-
-    return register
+lowers = registrar(LOWERINGS)
 
 
 def _options(cls: type, **fields: object) -> object:

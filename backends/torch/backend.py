@@ -19,6 +19,7 @@ class TorchBackend:
     suffix = ".pt2"
 
     def check(self, graph: Graph) -> None:
+        from qexport.backends import check_lowerable
         from qexport.backends.torch.ops import TORCH_OPS
         from qexport.ir.ops import Op
 
@@ -27,12 +28,7 @@ class TorchBackend:
             raise QExportError(
                 f"torch backend takes input_ids/attention_mask/token_type_ids; this graph has {sorted(graph.inputs)}"
             )
-        for node in graph.nodes:
-            if node.op is not Op.LINEAR and node.op not in TORCH_OPS:
-                supported = ", ".join(sorted({op.value for op in TORCH_OPS} | {"Linear"}))
-                raise QExportError(
-                    f"torch backend cannot lower op {node.op.value} (node {node.name!r}); supported: {supported}"
-                )
+        check_lowerable(graph, "torch", {*TORCH_OPS, Op.LINEAR}, constant_weights=False)
 
     def lower(self, graph: Graph, path: Path) -> dict[str, Any]:
         import torch
