@@ -55,26 +55,14 @@ class IRModule(torch.nn.Module):
         self.integer_inputs: set[str] = set()
         for node in integer:
             q = graph.constants[node.inputs[1]]
-            x_spec = graph.quant[node.inputs[0]]
+            x_name = node.inputs[0]
+            x_spec = graph.quant[x_name]
             self._add(f"{node.inputs[1]}/transposed", np.ascontiguousarray(q.T))
-            bias = self._float_bias(node)
             if not x_spec.dynamic:
-                # (q - zp) @ W == (q - shift) @ W - (zp - shift) * rowsum(W), so with
-                # S = s_x * s_w:  y = acc * S + (bias - (zp - shift) * rowsum(W) * S).
-                shift = 128 if x_spec.dtype.value == "uint8" else 0
-                rowsum = q.astype(np.int64).sum(axis=1)
-                out_scale = (x_spec.scale * graph.quant[node.inputs[1]].scale).astype(np.float32)
-                folded = bias.astype(np.float64) - (
-                    int(x_spec.zero_point) - shift
-                ) * rowsum * out_scale.astype(np.float64)
-                self._add(f"{node.name}/out_scale", out_scale)
-                self._add(f"{node.name}/bias_folded", folded.astype(np.float32))
-                self._add(
-                    f"{node.name}/zp_shifted", np.asarray(float(int(x_spec.zero_point) - shift), np.float32)
-                )
+                self._add_integer_epilogue(node, q, x_spec)
             else:
-                self._add(f"{node.name}/bias_float", bias)
-            self.integer_inputs.add(node.inputs[0])
+                self._add(f"{node.name}/bias_float", self._float_bias(node))
+            self.integer_inputs.add(x_name)
         # A value read only by integer Linears never needs its fake-quantized float form.
         self.float_needed = {
             v
@@ -96,6 +84,35 @@ class IRModule(torch.nn.Module):
         if spec is None:
             return array.astype(np.float32)
         return ((array.astype(np.int64) - spec.zero_point).astype(np.float32) * spec.scale).astype(np.float32)
+
+    def _add_integer_epilogue(self, node: Node, q: np.ndarray, x_spec: QuantSpec) -> None:
+        """Buffers that make ``y = (acc + bias_int) * scale`` equal the IR's integer Linear.
+
+        uint8 inputs are shifted by 128 into int8 for ``_int_mm``; the shift is undone in
+        integers: ``(q - zp) @ W = (q - 128) @ W - (zp - 128) * rowsum(W)``, folded with the
+        int32 bias into one int32 vector. One float32 multiply of an integer below 2**24 is
+        the IR's single rounding of ``(acc + q_bias) * s_b`` (docs/ir.md, "Integer Linears").
+        """
+        x_name = node.inputs[0]
+        shift = 128 if x_spec.dtype.value == "uint8" else 0
+        if f"{x_name}/zp_shifted" not in self.buffer_of:
+            self._add(f"{x_name}/zp_shifted", np.asarray(float(int(x_spec.zero_point) - shift), np.float32))
+        correction = (int(x_spec.zero_point) - shift) * q.astype(np.int64).sum(axis=1)
+        w_spec = self.graph.quant[node.inputs[1]]
+        bias = node.inputs[2] if len(node.inputs) > 2 else ""
+        b_spec = self.graph.quant.get(bias) if bias else None
+        if b_spec is not None and b_spec.dtype.value == "int32":
+            folded = self.graph.constants[bias].astype(np.int64) - correction
+            scale = b_spec.scale
+        else:
+            folded = -correction
+            scale = (x_spec.scale * w_spec.scale).astype(np.float32)
+            if bias:
+                self._add(f"{node.name}/bias_float", self._float_bias(node))
+        if np.abs(folded).max(initial=0) >= 2**31:
+            raise ValueError(f"{node.name}: folded int32 bias overflows")
+        self._add(f"{node.name}/bias_int", folded.astype(np.int32))
+        self._add(f"{node.name}/out_scale", np.asarray(scale, np.float32))
 
     def _add(self, name: str, array: np.ndarray) -> None:
         buffer = _buffer_name(name)
@@ -163,32 +180,45 @@ class IRModule(torch.nn.Module):
             return (rows.to(torch.int32) - zero[ids].unsqueeze(-1)).to(torch.float32) * scale
         return rows.to(torch.float32) * scale
 
-    def linear(self, node: Node, raw: dict[str, torch.Tensor], env: dict[str, torch.Tensor]) -> torch.Tensor:
+    def quantized_rows(self, x_name: str, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The int8 rows ``_int_mm`` reads for value ``x_name`` (and the per-row scales of a
+        dynamic spec). Computed once per value: Q, K and V share theirs."""
+        spec = self.graph.quant[x_name]
+        rows = x.reshape(-1, x.shape[-1])
+        if spec.dynamic:
+            scale = self._dynamic_scale(rows, QuantSpec(spec.dtype, spec.scale, spec.zero_point, -1, True))
+            return torch.clamp(torch.round(rows / scale), -127, 127).to(torch.int8), scale
+        shift = 128 if spec.dtype.value == "uint8" else 0
+        # round(x / s) + zp, clamped, minus the shift: the IR's integers, as int8
+        q = torch.round(rows / self.t(f"{x_name}/scale")) + self.t(f"{x_name}/zp_shifted")
+        return torch.clamp(q, spec.dtype.qmin - shift, spec.dtype.qmax - shift).to(torch.int8), None
+
+    def linear(
+        self,
+        node: Node,
+        raw: dict[str, torch.Tensor],
+        env: dict[str, torch.Tensor],
+        integers: dict[str, tuple[torch.Tensor, torch.Tensor | None]],
+    ) -> torch.Tensor:
         x_name, w_name = node.inputs[0], node.inputs[1]
         if not self._integer_linear(node):
             bias = self.constant(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] else None
             return torch.nn.functional.linear(env[x_name], self.constant(w_name), bias)
         x = raw[x_name]
-        x_spec = self.graph.quant[x_name]
-        weight_t = self.t(f"{w_name}/transposed")
-        rows = x.reshape(-1, x.shape[-1])
-        if x_spec.dynamic:
-            scale = self._dynamic_scale(
-                rows, QuantSpec(x_spec.dtype, x_spec.scale, x_spec.zero_point, -1, True)
+        if x_name not in integers:
+            integers[x_name] = self.quantized_rows(x_name, x)
+        q, row_scale = integers[x_name]
+        acc = torch._int_mm(q, self.t(f"{w_name}/transposed"))
+        if row_scale is not None:  # dynamic: per-token scale times per-channel weight scale
+            y = torch.addcmul(
+                self.t(f"{node.name}/bias_float"),
+                acc.to(torch.float32),
+                row_scale * self.t(f"{w_name}/scale"),
             )
-            q = torch.clamp(torch.round(rows / scale), -127, 127).to(torch.int8)
-            acc = torch._int_mm(q, weight_t).to(torch.float32)
-            y = torch.addcmul(self.t(f"{node.name}/bias_float"), acc, scale * self.t(f"{w_name}/scale"))
         else:
-            s_x = self.t(f"{x_name}/scale")
-            lo, hi = x_spec.dtype.qmin, x_spec.dtype.qmax
-            shift = 128 if x_spec.dtype.value == "uint8" else 0
-            # round(x / s) + zp, clamped, minus the shift: the IR's integers, as int8
-            q8 = torch.clamp(
-                torch.round(rows / s_x) + self.t(f"{node.name}/zp_shifted"), lo - shift, hi - shift
-            )
-            acc = torch._int_mm(q8.to(torch.int8), weight_t).to(torch.float32)
-            y = torch.addcmul(self.t(f"{node.name}/bias_folded"), acc, self.t(f"{node.name}/out_scale"))
+            y = (acc + self.t(f"{node.name}/bias_int")) * self.t(f"{node.name}/out_scale")
+            if f"{node.name}/bias_float" in self.buffer_of:
+                y = y + self.t(f"{node.name}/bias_float")
         return y.reshape(*x.shape[:-1], y.shape[-1])
 
     def forward(
@@ -206,9 +236,10 @@ class IRModule(torch.nn.Module):
         )
         env: dict[str, Any] = {n: inputs[n] for n in graph.inputs}
         raw: dict[str, torch.Tensor] = {}
+        integers: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
         for node in graph.nodes:
             if node.op is Op.LINEAR:
-                result = self.linear(node, raw, env)
+                result = self.linear(node, raw, env, integers)
             elif node.op is Op.GATHER and self._row_quantized(node.inputs[0]):
                 result = self.gather_rows(node.inputs[0], env[node.inputs[1]])
             else:
