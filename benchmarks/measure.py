@@ -1,4 +1,4 @@
-"""Shared measurement helpers: latency (median after warm-up), parity metrics, peak RSS."""
+"""Shared measurement helpers: interleaved latency, parity metrics, peak RSS."""
 
 from __future__ import annotations
 
@@ -9,15 +9,35 @@ from collections.abc import Callable
 import numpy as np
 
 
-def latency_ms(fn: Callable[[], object], runs: int = 30, warmup: int = 5) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return round(1000 * float(np.median(times)), 3)
+def interleaved_latency(
+    calls: dict[str, Callable[[], object]], rounds: int = 12, runs: int = 15, warmup: int = 3
+) -> dict[str, list[float]]:
+    """Per-round median latency (ms) of every callable, visiting all of them in each round.
+
+    This machine drifts by up to 30 % between minutes; timing each artifact in its own block
+    made two runs of the same benchmark disagree on which file was faster. Interleaving puts
+    every artifact in every stretch of the run, so a ratio taken round by round compares like
+    with like. The warm-up runs of each visit also absorb the previous runtime's worker threads
+    spinning down (OpenMP, onnxruntime and XNNPACK pools all spin after a call).
+    """
+    per_round: dict[str, list[float]] = {key: [] for key in calls}
+    for _ in range(rounds):
+        for key, fn in calls.items():
+            for _ in range(warmup):
+                fn()
+            times = []
+            for _ in range(runs):
+                start = time.perf_counter()
+                fn()
+                times.append(time.perf_counter() - start)
+            per_round[key].append(1000 * float(np.median(times)))
+    return per_round
+
+
+def ratio(per_round: dict[str, list[float]], key: str, base: str) -> float:
+    """Median over rounds of key / base, each round's pair measured back to back."""
+    pairs = [a / b for a, b in zip(per_round[key], per_round[base], strict=True)]
+    return round(float(np.median(pairs)), 3)
 
 
 def pooled(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -37,4 +57,14 @@ def parity(ours: np.ndarray, ref: np.ndarray) -> dict[str, float]:
 
 
 def peak_rss_mb() -> float:
+    """This process's peak resident set (MB). Linux ``VmHWM`` is per address space, so a child
+    started by ``subprocess`` reports only its own peak; ``ru_maxrss`` carries the parent's peak
+    across fork and exec (a 90 MB MiniLM conversion read 2.8 GB after a big parent)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)

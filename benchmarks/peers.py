@@ -1,7 +1,8 @@
 """The tools people use today, run on the same model and inputs in the same process.
 
-Every peer returns a dict with its artifact bytes, latency and pooled outputs, or raises; the
-caller records a failure with its error instead of dropping the row.
+Every peer returns a dict with its artifact bytes, pooled outputs and ``call`` (one batch-1
+inference, timed later with every other artifact, interleaved), or raises; the caller records a
+failure with its error instead of dropping the row.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.measure import latency_ms, pooled
+from benchmarks.measure import pooled
 
 
 def _ort_session(path: Path) -> Any:
@@ -34,7 +35,7 @@ def _run_ort(path: Path, held_out: dict[str, np.ndarray], one: dict[str, np.ndar
     feed1 = {n: one[n].astype(np.int64) for n in names}
     return {
         "bytes": path.stat().st_size,
-        "latency_ms": latency_ms(lambda: session.run(None, feed1)),
+        "call": lambda: session.run(None, feed1),
         "pooled": np.concatenate(rows),
     }
 
@@ -104,9 +105,13 @@ def _run_torch(hidden: Any, path: Path, held_out, one) -> dict[str, Any]:
         for start in range(0, len(held_out["input_ids"]), 8):
             batch = {k: torch.from_numpy(v[start : start + 8]) for k, v in held_out.items()}
             rows.append(pooled(hidden(batch).numpy(), held_out["attention_mask"][start : start + 8]))
-        one_t = {k: torch.from_numpy(v) for k, v in one.items()}
-        lat = latency_ms(lambda: hidden(one_t))
-    return {"bytes": path.stat().st_size, "latency_ms": lat, "pooled": np.concatenate(rows)}
+    one_t = {k: torch.from_numpy(v) for k, v in one.items()}
+
+    def call() -> Any:
+        with torch.no_grad():
+            return hidden(one_t)
+
+    return {"bytes": path.stat().st_size, "call": call, "pooled": np.concatenate(rows)}
 
 
 def litert_file(path: Path, held_out: dict[str, np.ndarray], one: dict[str, np.ndarray]) -> dict[str, Any]:
@@ -124,7 +129,7 @@ def litert_file(path: Path, held_out: dict[str, np.ndarray], one: dict[str, np.n
     feed1 = {n: one[n].astype(d["dtype"]) for n, d in details.items()}
     return {
         "bytes": path.stat().st_size,
-        "latency_ms": latency_ms(lambda: runner(**feed1)),
+        "call": lambda: runner(**feed1),
         "pooled": np.concatenate(rows),
     }
 

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks import peers
-from benchmarks.measure import latency_ms, parity, peak_rss_mb, pooled
+from benchmarks.measure import interleaved_latency, parity, peak_rss_mb, pooled, ratio
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -81,14 +81,18 @@ def main() -> None:
                 for s in range(0, 200, 8)
             ]
         )
-        one_t = {k: torch.from_numpy(v) for k, v in one.items()}
-        torch_fp32_ms = latency_ms(lambda: hf(**one_t))
+    one_t = {k: torch.from_numpy(v) for k, v in one.items()}
+
+    def torch_eager() -> object:
+        with torch.no_grad():
+            return hf(**one_t)
+
     result["rows"].append(
         {
             "tool": "torch eager fp32",
             "runtime": "torch",
             "bytes": fp32_bytes,
-            "latency_ms": torch_fp32_ms,
+            "_call": torch_eager,
             **parity(ref, ref),
         }
     )
@@ -101,7 +105,6 @@ def main() -> None:
         "peak_rss_mb": peak_rss_mb(),
     }
     backend = get("onnx")
-    ort_fp32_ms = litert_fp32_ms = None
     for recipe in ("fp32", "int8", "int8-full", "dynamic", "int8-mixed"):
         t = time.perf_counter()
         q = qexport.quantize(graph, recipe, calibration=calib)
@@ -130,14 +133,12 @@ def main() -> None:
                 for s in range(0, 200, 8)
             ]
         )
-        if recipe == "fp32":
-            ort_fp32_ms = run["latency_ms"]
         result["rows"].append(
             {
                 "tool": f"qexport {recipe}",
                 "runtime": "onnxruntime",
                 "bytes": run["bytes"],
-                "latency_ms": run["latency_ms"],
+                "_call": run["call"],
                 **parity(run["pooled"], ref),
                 "sqnr_vs_ir_db": parity(run["pooled"], sim)["sqnr_db"],
                 "ir_vs_fp32": parity(sim, ref),
@@ -152,14 +153,12 @@ def main() -> None:
                 "peak_rss_mb": peak_rss_mb(),
             }
             run = peers.litert_file(tfl, held_out, one)
-            if recipe == "fp32":
-                litert_fp32_ms = run["latency_ms"]
             result["rows"].append(
                 {
                     "tool": f"qexport {recipe} (.tflite)",
                     "runtime": "litert",
                     "bytes": run["bytes"],
-                    "latency_ms": run["latency_ms"],
+                    "_call": run["call"],
                     **parity(run["pooled"], ref),
                     "sqnr_vs_ir_db": parity(run["pooled"], sim)["sqnr_db"],
                 }
@@ -178,7 +177,7 @@ def main() -> None:
                     "tool": f"qexport {recipe} (.pt2)",
                     "runtime": "torch",
                     "bytes": run["bytes"],
-                    "latency_ms": run["latency_ms"],
+                    "_call": run["call"],
                     **parity(run["pooled"], ref),
                     "sqnr_vs_ir_db": parity(run["pooled"], sim)["sqnr_db"],
                 }
@@ -243,7 +242,7 @@ def main() -> None:
                     "tool": tool,
                     "runtime": runtime,
                     "bytes": run["bytes"],
-                    "latency_ms": run["latency_ms"],
+                    "_call": run["call"],
                     **parity(run["pooled"], ref),
                 }
             )
@@ -256,17 +255,42 @@ def main() -> None:
                     "trace": traceback.format_exc().splitlines()[-1][:200],
                 }
             )
-    for row in result["rows"]:
-        if "bytes" in row:
-            row["bytes_vs_fp32"] = round(row["bytes"] / fp32_bytes, 3)
-            base = {"onnxruntime": ort_fp32_ms, "litert": litert_fp32_ms}.get(row["runtime"], torch_fp32_ms)
-            row["latency_vs_runtime_fp32"] = round(row["latency_ms"] / base, 3)
+    _latencies(result["rows"], fp32_bytes)
     if not args.skip_scale:
         result["scaling"] = [_scale(name) for name in ("minilm", "bert-base", "bert-large")]
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
     (args.out / "results.md").write_text(to_markdown(result))
     print(to_markdown(result))
+
+
+BASES = {"torch": "torch eager fp32", "onnxruntime": "qexport fp32", "litert": "qexport fp32 (.tflite)"}
+
+
+def _latencies(rows: list[dict[str, Any]], fp32_bytes: int) -> None:
+    """Time every artifact in one interleaved phase; ratios are taken round by round against
+    the same runtime's fp32 and against the fastest peer on that runtime."""
+    calls = {r["tool"]: r.pop("_call") for r in rows if "_call" in r}
+    print(f"timing {len(calls)} artifacts, interleaved ...", flush=True)
+    per_round = interleaved_latency(calls)
+    for row in rows:
+        if row["tool"] not in per_round:
+            continue
+        row["bytes_vs_fp32"] = round(row["bytes"] / fp32_bytes, 3)
+        row["latency_ms"] = round(float(np.median(per_round[row["tool"]])), 3)
+        row["latency_vs_runtime_fp32"] = ratio(per_round, row["tool"], BASES[row["runtime"]])
+        peers_here = [
+            r["tool"]
+            for r in rows
+            if r["runtime"] == row["runtime"]
+            and r["tool"] in per_round
+            and not r["tool"].startswith("qexport")
+            and r["tool"] not in (BASES[row["runtime"]], "litert-torch fp32")
+        ]
+        if row["tool"].startswith("qexport") and "fp32" not in row["tool"] and peers_here:
+            best = min(peers_here, key=lambda t: float(np.median(per_round[t])))
+            row["latency_vs_best_peer"] = ratio(per_round, row["tool"], best)
+            row["best_peer"] = best
 
 
 def _scale(name: str) -> dict[str, Any]:
@@ -294,16 +318,17 @@ def to_markdown(result: dict[str, Any]) -> str:
         f"all-MiniLM-L6-v2 · batch {result['batch']} · seq {result['seq']} · {result['threads']} threads · "
         f"parity on {result['held_out']} held-out sentences vs torch fp32 (mean-pooled)",
         "",
-        "| tool | runtime | MB | × fp32 size | latency ms | × same runtime fp32 | cosine mean / min | SQNR dB | SQNR vs IR dB |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| tool | runtime | MB | × fp32 size | latency ms | × same runtime fp32 | × fastest int8 peer | cosine mean / min | SQNR dB | SQNR vs IR dB |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in result["rows"]:
         if "failed" in r:
-            lines.append(f"| {r['tool']} | {r['runtime']} | failed: {r['failed'][:120]} ||||||")
+            lines.append(f"| {r['tool']} | {r['runtime']} | failed: {r['failed'][:120]} |||||||")
             continue
         lines.append(
             f"| {r['tool']} | {r['runtime']} | {r['bytes'] / 1e6:.1f} | {r['bytes_vs_fp32']:.2f} | "
-            f"{r['latency_ms']:.1f} | {r['latency_vs_runtime_fp32']:.2f} | {r['cos_mean']:.4f} / {r['cos_min']:.4f} | "
+            f"{r['latency_ms']:.1f} | {r['latency_vs_runtime_fp32']:.2f} | {r.get('latency_vs_best_peer', '')} | "
+            f"{r['cos_mean']:.4f} / {r['cos_min']:.4f} | "
             f"{r['sqnr_db']:.1f} | {r.get('sqnr_vs_ir_db', '')} |"
         )
     lines += ["", "Pipeline cost (this run):", "", "| step | seconds | peak RSS MB |", "|---|---|---|"]

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from qexport.backends.torch.ops import TORCH_OPS
+from qexport.backends.torch.ops import TORCH_OPS, cast
 from qexport.ir.graph import Graph, Node, QuantSpec
 from qexport.ir.ops import Op
 from qexport.ir.symbols import bind
@@ -148,7 +148,7 @@ class IRModule(torch.nn.Module):
             shape[spec.axis] = -1
             scale = scale.reshape(shape)
             zero = zero.reshape(shape) if isinstance(zero, torch.Tensor) else zero
-        return (tensor.to(torch.int32) - zero).to(torch.float32) * scale
+        return cast(cast(tensor, torch.int32) - zero, torch.float32) * scale
 
     def fake_quant(self, name: str, x: torch.Tensor) -> torch.Tensor:
         spec = self.graph.quant[name]
@@ -177,8 +177,8 @@ class IRModule(torch.nn.Module):
         scale = self.t(f"{table}/scale")[ids].unsqueeze(-1)
         zero = self.zero_point(table)
         if isinstance(zero, torch.Tensor):
-            return (rows.to(torch.int32) - zero[ids].unsqueeze(-1)).to(torch.float32) * scale
-        return rows.to(torch.float32) * scale
+            return cast(cast(rows, torch.int32) - zero[ids].unsqueeze(-1), torch.float32) * scale
+        return cast(rows, torch.float32) * scale
 
     def quantized_rows(self, x_name: str, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The int8 rows ``_int_mm`` reads for value ``x_name`` (and the per-row scales of a
@@ -187,11 +187,11 @@ class IRModule(torch.nn.Module):
         rows = x.reshape(-1, x.shape[-1])
         if spec.dynamic:
             scale = self._dynamic_scale(rows, QuantSpec(spec.dtype, spec.scale, spec.zero_point, -1, True))
-            return torch.clamp(torch.round(rows / scale), -127, 127).to(torch.int8), scale
+            return cast(torch.clamp(torch.round(rows / scale), -127, 127), torch.int8), scale
         shift = 128 if spec.dtype.value == "uint8" else 0
         # round(x / s) + zp, clamped, minus the shift: the IR's integers, as int8
         q = torch.round(rows / self.t(f"{x_name}/scale")) + self.t(f"{x_name}/zp_shifted")
-        return torch.clamp(q, spec.dtype.qmin - shift, spec.dtype.qmax - shift).to(torch.int8), None
+        return cast(torch.clamp(q, spec.dtype.qmin - shift, spec.dtype.qmax - shift), torch.int8), None
 
     def linear(
         self,
@@ -212,7 +212,7 @@ class IRModule(torch.nn.Module):
         if row_scale is not None:  # dynamic: per-token scale times per-channel weight scale
             y = torch.addcmul(
                 self.t(f"{node.name}/bias_float"),
-                acc.to(torch.float32),
+                cast(acc, torch.float32),
                 row_scale * self.t(f"{w_name}/scale"),
             )
         else:
