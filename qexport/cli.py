@@ -157,6 +157,8 @@ def convert_cmd(
         f"[green]✓[/] wrote {out}/: model.qir ({manifest['ir']['bytes']:,} bytes)"
         + "".join(f", {a['file']} ({a['bytes']:,} bytes)" for a in manifest["artifacts"])
     )
+    for note in manifest["notes"]:
+        console.print(f"[yellow]note:[/] {note}", soft_wrap=True)
     if not manifest["artifacts"]:
         from qexport.backends import available
 

@@ -115,7 +115,7 @@ def convert(src: str | Path, out: Path, opts: ConvertOptions, step: Step | None 
             "calibration": graph.metadata.get("calibration"),
             "ir": {"file": "model.qir", **_file_facts(stage.dir / "model.qir")},
             "artifacts": artifacts,
-            "notes": graph.metadata.get("notes", []),
+            "notes": graph.metadata.get("notes", []) + [n for a in artifacts for n in a.pop("notes", [])],
         }
         (stage.dir / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
         stage.publish()

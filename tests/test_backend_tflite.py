@@ -11,7 +11,7 @@ from ai_edge_litert import schema_py_generated as fb
 import qexport
 from qexport.backends import get
 from qexport.backends.tflite import lowering
-from qexport.backends.tflite.backend import inspect_ops
+from qexport.backends.tflite.backend import float_speed_linears, inspect_ops
 from qexport.errors import QExportError
 from qexport.ir.graph import QDType
 from qexport.ir.ops import Op
@@ -125,6 +125,11 @@ def test_size_is_about_a_quarter_of_fp32(int8_tflite, minilm_dir):
     assert int8_tflite.stat().st_size <= 0.27 * (minilm_dir / "model.safetensors").stat().st_size
 
 
+def test_float_speed_linears_are_counted_per_recipe(minilm_int8, full_graph):
+    assert float_speed_linears(minilm_int8) == 37  # 6 layers x 6 + the pooler
+    assert float_speed_linears(full_graph) == 0
+
+
 def test_int8_full_runs_integer_linears_with_the_irs_output_params(full_tflite, full_graph, backend):
     details = {d["name"]: d for d in backend.interpreter(full_tflite).get_tensor_details()}
     dense = "encoder.layer.0.attention.self.query"
@@ -227,5 +232,8 @@ def test_cli_writes_tflite_and_checks_it(tiny_model_dirs, tmp_path):
     manifest = json.loads((out / "manifest.json").read_text())
     (artifact,) = manifest["artifacts"]
     assert artifact["backend"] == "tflite" and artifact["input_shape"] == [1, 32]
+    # the default recipe keeps Linear outputs float: the user is told it runs at float speed
+    assert any("--recipe int8-full" in note for note in manifest["notes"]), manifest["notes"]
+    assert "--recipe int8-full" in result.stderr.replace("\n", " ")
     report = json.loads((out / "parity.json").read_text())
     assert any(row["candidate"] == "tflite" for row in report["comparisons"])

@@ -79,7 +79,8 @@ def test_parity_with_ir_simulation_and_fp32(int8_pt2, backend, minilm, minilm_in
     fp32 = pooled_outputs(minilm[0].graph, held_out, simulate=False)
     cos_mean, cos_min, sqnr = parity(ours, fp32)
     assert cos_mean >= 0.998 and cos_min >= 0.99 and sqnr >= 24.0, (cos_mean, cos_min, sqnr)
-    assert parity(ours, pooled_outputs(minilm_int8, held_out))[2] >= 30.0
+    # integer sums and one rounding like the IR: 39.6 dB measured on these 200 sentences
+    assert parity(ours, pooled_outputs(minilm_int8, held_out))[2] >= 38.0
 
 
 def test_size_is_about_a_quarter_of_fp32(int8_pt2, minilm_dir):

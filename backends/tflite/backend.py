@@ -62,7 +62,20 @@ class TfliteBackend:
         write_bytes(Path(path), data)
         facts = inspect_ops(data)
         seq = int(seq_len or graph.metadata.get("capture", {}).get("seq_len", 128))
-        return {"input_shape": [1, seq], "io": "integer" if self.integer_io else "float", "ops": facts}
+        result: dict[str, Any] = {
+            "input_shape": [1, seq],
+            "io": "integer" if self.integer_io else "float",
+            "ops": facts,
+        }
+        slow = float_speed_linears(graph)
+        if slow:
+            result["notes"] = [
+                f"tflite: {slow} quantized Linears run as float FULLY_CONNECTED (int8 in the file, "
+                "fp32 speed): TFLite's int8 FC must write int8 and this recipe keeps Linear outputs "
+                "float. For integer FCs use --recipe int8-full or --recipe dynamic "
+                "(docs/backend-tflite.md)"
+            ]
+        return result
 
     def interpreter(self, path: Path, *, threads: int = 2, **kwargs: Any) -> Any:
         from ai_edge_litert.interpreter import Interpreter
@@ -125,6 +138,20 @@ def inspect_ops(data: bytes | memoryview) -> dict[str, int]:
             code = model.operatorCodes[op.opcodeIndex]
             counts[names.get(max(code.builtinCode, code.deprecatedBuiltinCode), "CUSTOM")] += 1
     return dict(sorted(counts.items()))
+
+
+def float_speed_linears(graph: Graph) -> int:
+    """Linears with int8 weights and a static input spec but a float output: the lowering
+    must run them as float FCs on dequantized weights (see lowering.linear)."""
+    return sum(
+        1
+        for node in graph.nodes
+        if node.op is Op.LINEAR
+        and (spec := graph.quant.get(node.inputs[0])) is not None
+        and not spec.dynamic
+        and node.inputs[1] in graph.quant
+        and node.outputs[0] not in graph.quant
+    )
 
 
 def _check_full_integer(graph: Graph) -> None:
