@@ -12,6 +12,7 @@ from onnx import numpy_helper
 import qexport
 from qexport.backends import get
 from qexport.backends.onnx import lowering
+from qexport.backends.onnx.backend import slow_path_notes
 from qexport.errors import QExportError
 from qexport.ir.ops import Op
 from tests.conftest import masked_sqnr, run_cli
@@ -40,6 +41,10 @@ def onnx_pooled(backend, path, inputs):
         mask = batch["attention_mask"][..., None].astype(np.float32)
         rows.append((hidden * mask).sum(1) / mask.sum(1))
     return np.concatenate(rows)
+
+
+def test_default_recipe_has_no_slow_path_note(minilm_int8):
+    assert slow_path_notes(minilm_int8) == []
 
 
 def test_model_passes_the_full_checker(int8_onnx):
@@ -110,7 +115,9 @@ def test_fp32_recipe_gives_a_float_model(minilm, backend, tmp_path, docstring_te
 
 def test_dynamic_recipe_lowers_and_agrees(minilm, backend, tmp_path, docstring_texts):
     graph = qexport.quantize(minilm[0].graph, "dynamic")
-    backend.lower(graph, tmp_path / "dyn.onnx")
+    facts = backend.lower(graph, tmp_path / "dyn.onnx")
+    # no integer kernel in onnxruntime for per-token scales: the user is told which recipe is fast
+    assert any("--recipe int8 is the fast ONNX recipe" in n for n in facts["notes"]), facts
     inputs = {k: v[:4] for k, v in docstring_texts[1].items()}
     ours = backend.run(tmp_path / "dyn.onnx", inputs)["last_hidden_state"]
     ref = qexport.run_reference(graph, inputs)["last_hidden_state"]

@@ -10,6 +10,7 @@ import numpy as np
 from qexport.atomic import write_bytes
 from qexport.errors import QExportError
 from qexport.ir.graph import Graph, QuantSpec
+from qexport.ir.ops import Op
 
 OPSET = 21  # int16 QuantizeLinear/DequantizeLinear and per-axis int8 QDQ need opset >= 21
 PRODUCER = "qexport"
@@ -90,7 +91,11 @@ class OnnxBackend:
                 f"onnx backend produced an invalid model: {str(exc).splitlines()[0]}"
             ) from None
         write_bytes(Path(path), data)
-        return {"opset": OPSET, "ir_version": ir_version}
+        facts: dict[str, Any] = {"opset": OPSET, "ir_version": ir_version}
+        notes = slow_path_notes(graph)
+        if notes:
+            facts["notes"] = notes
+        return facts
 
     def session(self, path: Path, *, threads: int = 2, optimize: bool = True) -> Any:
         import onnxruntime as ort
@@ -112,6 +117,34 @@ class OnnxBackend:
         feed = {i.name: np.asarray(inputs[i.name]).astype(np.int64) for i in sess.get_inputs()}
         names = [o.name for o in sess.get_outputs()]
         return dict(zip(names, sess.run(names, feed), strict=True))
+
+
+def slow_path_notes(graph: Graph) -> list[str]:
+    """What in this graph onnxruntime cannot run on its integer kernels (docs/backend-onnx.md):
+    it fuses QGemm only for a static per-tensor 8-bit input, an int8 weight and a per-tensor
+    (or float) output."""
+    float_linears = per_channel_outputs = 0
+    for node in graph.nodes:
+        if node.op is not Op.LINEAR or node.inputs[1] not in graph.quant:
+            continue
+        x_spec, y_spec = graph.quant.get(node.inputs[0]), graph.quant.get(node.outputs[0])
+        if x_spec is None or x_spec.dynamic or x_spec.axis is not None or x_spec.dtype.value == "int16":
+            float_linears += 1
+        elif y_spec is not None and y_spec.axis is not None:
+            per_channel_outputs += 1
+    notes = []
+    if float_linears:
+        notes.append(
+            f"onnx: {float_linears} quantized Linears have dynamic, int16 or no input quantization; "
+            "onnxruntime runs them as float MatMuls on dequantized weights (no faster than fp32). "
+            "--recipe int8 is the fast ONNX recipe"
+        )
+    if per_channel_outputs:
+        notes.append(
+            f"onnx: {per_channel_outputs} Linear outputs carry per-channel (outlier) params that "
+            "onnxruntime does not fuse (about 3x slower than fp32). --recipe int8 is the fast ONNX recipe"
+        )
+    return notes
 
 
 def run_intermediates(path: Path, inputs: dict[str, Any], names: list[str]) -> dict[str, Any]:
