@@ -278,6 +278,7 @@ def _latencies(rows: list[dict[str, Any]], fp32_bytes: int) -> None:
             continue
         row["bytes_vs_fp32"] = round(row["bytes"] / fp32_bytes, 3)
         row["latency_ms"] = round(float(np.median(per_round[row["tool"]])), 3)
+        row["latency_rounds_ms"] = [round(v, 3) for v in per_round[row["tool"]]]
         row["latency_vs_runtime_fp32"] = ratio(per_round, row["tool"], BASES[row["runtime"]])
         peers_here = [
             r["tool"]
