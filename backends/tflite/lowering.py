@@ -16,7 +16,7 @@ from qexport.backends import registrar
 from qexport.backends.tflite.builder import Quant
 from qexport.backends.tflite.context import OP, OPT, Ctx, quant_of, to_storage
 from qexport.errors import QExportError
-from qexport.ir.graph import Node, QuantSpec
+from qexport.ir.graph import Node, QDType, QuantSpec
 from qexport.ir.ops import Op
 from qexport.ir.symbols import evaluate
 from qexport.quant.arith import dequantize
@@ -42,8 +42,9 @@ def linear(ctx: Ctx, node: Node) -> None:
 
     - input with a static spec -> QUANTIZE, int8 FC (per-channel weights, int32 bias) whose
       output carries the IR's spec on the Linear output (required: int8 FC writes int8);
-      without an output spec the integers are dequantized and the FC runs in float (exact,
-      not fast) — see docs/backend-tflite.md;
+      without an output spec a float FC sums the integers themselves (``q - zp`` and the int8
+      weights as integer-valued floats, exact below 2**24) and one MUL applies the IR's scale:
+      the IR's arithmetic, at float speed — see docs/backend-tflite.md;
     - input with a dynamic per-token spec -> hybrid FC (float in/out, int8 per-channel
       weights; the kernel quantizes each token row symmetrically, as the IR says);
     - no spec -> float FC (weights dequantized at load if stored as int8).
@@ -60,6 +61,9 @@ def linear(ctx: Ctx, node: Node) -> None:
 
     if in_spec is not None and not in_spec.dynamic and w_spec is not None and out_spec is not None:
         _integer_linear(ctx, node, rows)
+        return
+    if out_spec is None and _sums_exactly_in_float(ctx, node):
+        _integer_valued_linear(ctx, node, rows)
         return
 
     if in_spec is not None and in_spec.dynamic and w_spec is not None:
@@ -194,6 +198,97 @@ def _part_spec(spec: QuantSpec, channels: np.ndarray) -> QuantSpec:
     if spec.axis is None:
         return spec
     return QuantSpec(spec.dtype, np.array(spec.scale[channels[0]]), np.array(spec.zero_point[channels[0]]))
+
+
+def _sums_exactly_in_float(ctx: Ctx, node: Node) -> bool:
+    """A static per-tensor 8-bit input, int8 weights and an int32 (or float, or no) bias: the
+    Linear's integers can be summed as integer-valued floats (see _integer_valued_linear)."""
+    g = ctx.graph
+    x_spec, w_spec = g.quant.get(node.inputs[0]), g.quant.get(node.inputs[1])
+    if x_spec is None or x_spec.dynamic or x_spec.axis is not None or w_spec is None:
+        return False
+    if x_spec.dtype not in (QDType.UINT8, QDType.INT8) or w_spec.dtype is not QDType.INT8:
+        return False
+    b_name = node.inputs[2] if len(node.inputs) > 2 else ""
+    b_spec = g.quant.get(b_name) if b_name else None
+    return w_spec.axis in (0, None) and (b_spec is None or b_spec.dtype is QDType.INT32)
+
+
+def _integer_valued_linear(ctx: Ctx, node: Node, rows: int) -> None:
+    """The IR's integer Linear on float kernels: ``(sum (q - zp) * q_w + q_b) * s_b``.
+
+    TFLite's int8 FC must write int8, so a Linear with a float output cannot use it. Instead
+    the same integers go through a float FC as integer-valued floats: the int8 activation is
+    re-read with scale 1 (a RESHAPE to a tensor whose params are (1, zp)) and DEQUANTIZEd to
+    ``q - zp``; the weight's buffer is read through a second tensor with scale 1 (the
+    ``<w>_quantized`` tensor keeps the IR's per-channel params for readers); the int32 bias
+    is stored as float. Products and partial sums are integers, exact in float32 below 2**24
+    in any summation order (MiniLM's largest |acc| is far below, see docs/backend-tflite.md),
+    and one MUL by the IR's per-channel ``s_b`` is the IR's one rounding.
+    """
+    g = ctx.graph
+    x_name, w_name = node.inputs[0], node.inputs[1]
+    b_name = node.inputs[2] if len(node.inputs) > 2 else ""
+    out = node.outputs[0]
+    x_spec, w_spec = g.quant[x_name], g.quant[w_name]
+    weight = g.constants[w_name]
+    n_out, k = weight.shape
+    name = f"{x_name}_steps.2d"
+    if ctx.b.has(name):  # Q, K and V share their input's integers
+        steps = ctx.b.index[name]
+    else:
+        _, params = quant_of(x_spec)
+        as_integers = Quant(np.asarray(1.0, np.float32), np.asarray(params.zero_point))
+        integers = ctx.b.tensor(f"{x_name}_integers.2d", (rows, k), "int8", as_integers)
+        ctx.b.op(
+            OP.RESHAPE,
+            [ctx.quantized(x_name), ctx.int_vector("shape", [rows, k])],
+            [integers],
+            options=_options(fb.ReshapeOptionsT, newShape=np.asarray([rows, k], np.int32)),
+            options_type=OPT.ReshapeOptions,
+        )
+        steps = ctx.b.tensor(name, (rows, k), "float32")
+        ctx.b.op(OP.DEQUANTIZE, [integers], [steps], version=2)
+    if not ctx.b.has(f"{w_name}_quantized"):
+        ctx.b.constant(
+            f"{w_name}_quantized", weight, Quant(w_spec.scale, w_spec.zero_point.astype(np.int64), 0)
+        )
+    stored = ctx.b.tensors[ctx.b.index[f"{w_name}_quantized"]]
+    w_int = ctx.b.tensor(
+        f"{w_name}_integers", weight.shape, "int8", Quant(np.asarray(1.0, np.float32), np.asarray(0))
+    )
+    ctx.b.tensors[w_int].buffer = stored.buffer  # the same bytes, read with scale 1
+    w = ctx.b.tensor(f"{w_name}_integers_float", weight.shape, "float32")
+    ctx.b.op(OP.DEQUANTIZE, [w_int], [w], version=5)  # constant: done once at load
+    inputs = [steps, w]
+    b_spec = g.quant.get(b_name) if b_name else None
+    if b_spec is not None:
+        inputs.append(ctx.b.constant(f"{b_name}_integers_float", g.constants[b_name].astype(np.float32)))
+        scale = b_spec.scale
+    else:
+        scale = (x_spec.scale * w_spec.scale).astype(np.float32)
+    acc = ctx.b.tensor(f"{out}.acc", (rows, n_out), "float32")
+    ctx.b.op(
+        OP.FULLY_CONNECTED,
+        inputs,
+        [acc],
+        options=_options(fb.FullyConnectedOptionsT),
+        options_type=OPT.FullyConnectedOptions,
+    )
+    y = ctx.b.tensor(f"{out}.2d", (rows, n_out), "float32")
+    scale_t = ctx.b.constant(f"{out}.scale", np.broadcast_to(np.asarray(scale, np.float32), (n_out,)).copy())
+    ctx.b.op(OP.MUL, [acc, scale_t], [y], options=_options(fb.MulOptionsT), options_type=OPT.MulOptions)
+    if b_name and b_spec is None:
+        with_bias = ctx.b.tensor(f"{out}.biased.2d", (rows, n_out), "float32")
+        ctx.b.op(
+            OP.ADD,
+            [y, ctx.constant(b_name)],
+            [with_bias],
+            options=_options(fb.AddOptionsT),
+            options_type=OPT.AddOptions,
+        )
+        y = with_bias
+    _reshape_into(ctx, y, node)
 
 
 def _float_const(ctx: Ctx, name: str) -> np.ndarray:
