@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from qexport.backends import registrar
 from qexport.ir.ops import Op
 from qexport.ir.symbols import evaluate
 
@@ -33,13 +34,7 @@ def cast(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return torch.ops.aten._to_copy.default(x, dtype=dtype)
 
 
-def op(*ops: Op) -> Callable[[TorchOp], TorchOp]:
-    def register(fn: TorchOp) -> TorchOp:
-        for o in ops:
-            TORCH_OPS[o] = fn
-        return fn
-
-    return register
+op = registrar(TORCH_OPS)  # @op(Op.X, ...) files a torch function under its IR ops
 
 
 TORCH_OPS.update(
