@@ -17,12 +17,12 @@ from benchmarks.measure import pooled
 
 
 def _ort_session(path: Path) -> Any:
+    """Same session options as qexport's own files (exact U8U8 kernels on x86 without VNNI)."""
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 2
-    options.log_severity_level = 3
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    from qexport.backends.onnx.backend import session_options
+
+    return ort.InferenceSession(str(path), session_options(), providers=["CPUExecutionProvider"])
 
 
 def _run_ort(path: Path, held_out: dict[str, np.ndarray], one: dict[str, np.ndarray]) -> dict[str, Any]:

@@ -29,6 +29,22 @@ from benchmarks.measure import interleaved_latency, parity, peak_rss_mb, pooled,
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def cpu_description() -> str:
+    """CPU model and the int8 dot-product extensions that decide which integer kernels run."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.machine()
+    model = next(
+        (line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), ""
+    )
+    flags = next(
+        (line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), []
+    )
+    wanted = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")
+    return f"{model} ({', '.join(f for f in wanted if f in flags) or 'no AVX2'})"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
@@ -57,6 +73,7 @@ def main() -> None:
     result: dict[str, Any] = {
         "model": "all-MiniLM-L6-v2",
         "machine": platform.processor() or platform.machine(),
+        "cpu": cpu_description(),
         "threads": 2,
         "batch": 1,
         "seq": 128,
@@ -318,6 +335,7 @@ def to_markdown(result: dict[str, Any]) -> str:
     lines = [
         f"all-MiniLM-L6-v2 · batch {result['batch']} · seq {result['seq']} · {result['threads']} threads · "
         f"parity on {result['held_out']} held-out sentences vs torch fp32 (mean-pooled)",
+        f"CPU: {result.get('cpu', result['machine'])}; onnxruntime sessions use session.x64quantprecision=1",
         "",
         "| tool | runtime | MB | × fp32 size | latency ms | × same runtime fp32 | × fastest int8 peer | cosine mean / min | SQNR dB | SQNR vs IR dB |",
         "|---|---|---|---|---|---|---|---|---|---|",

@@ -14,6 +14,18 @@ from qexport.ir.ops import Op
 
 OPSET = 21  # int16 QuantizeLinear/DequantizeLinear and per-axis int8 QDQ need opset >= 21
 PRODUCER = "qexport"
+# onnxruntime's default U8S8 kernels on x86 CPUs without VNNI (AVX2, AVX-512 before Cascade Lake,
+# AMD before Zen 4) sum pairs of u8*s8 products in 16 bits with saturation (VPMADDUBSW): measured
+# 22 dB against the IR instead of 35+ on an AVX2 EPYC. This session option makes onnxruntime turn
+# the int8 weights into uint8 (+128) at load time on exactly those CPUs and use its exact U8U8
+# kernels; on VNNI CPUs it changes nothing. The file keeps the IR's int8 weights. See
+# docs/backend-onnx.md, "x86 without VNNI".
+EXACT_SESSION_CONFIG = {"session.x64quantprecision": "1"}
+PRECISION_NOTE = (
+    "onnx: on x86 CPUs without VNNI (AVX2-only) create the onnxruntime session with "
+    "SessionOptions.add_session_config_entry('session.x64quantprecision', '1'); without it "
+    "onnxruntime's U8S8 kernels saturate and the int8 Linears lose accuracy (docs/backend-onnx.md)"
+)
 _LAZY = {"Linear": 1, "Gather": 0}  # inputs whose layout the op's own lowering decides
 
 
@@ -93,6 +105,9 @@ class OnnxBackend:
         write_bytes(Path(path), data)
         facts: dict[str, Any] = {"opset": OPSET, "ir_version": ir_version}
         notes = slow_path_notes(graph)
+        if any(node.op.value == "Linear" and node.inputs[1] in graph.quant for node in graph.nodes):
+            notes.append(PRECISION_NOTE)
+        facts["session_config"] = EXACT_SESSION_CONFIG
         if notes:
             facts["notes"] = notes
         return facts
@@ -100,13 +115,9 @@ class OnnxBackend:
     def session(self, path: Path, *, threads: int = 2, optimize: bool = True) -> Any:
         import onnxruntime as ort
 
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.log_severity_level = 3
-        if not optimize:
-            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(
+            str(path), session_options(threads, optimize), providers=["CPUExecutionProvider"]
+        )
 
     def run_intermediates(self, path: Path, inputs: dict[str, Any], names: list[str]) -> dict[str, Any]:
         """Named intermediate tensors (IR value names) for the bisector."""
@@ -117,6 +128,21 @@ class OnnxBackend:
         feed = {i.name: np.asarray(inputs[i.name]).astype(np.int64) for i in sess.get_inputs()}
         names = [o.name for o in sess.get_outputs()]
         return dict(zip(names, sess.run(names, feed), strict=True))
+
+
+def session_options(threads: int = 2, optimize: bool = True) -> Any:
+    """The onnxruntime options every qexport measurement uses: exact integer kernels on every x86."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    for key, value in EXACT_SESSION_CONFIG.items():
+        options.add_session_config_entry(key, value)
+    if not optimize:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return options
 
 
 def slow_path_notes(graph: Graph) -> list[str]:
@@ -158,10 +184,9 @@ def run_intermediates(path: Path, inputs: dict[str, Any], names: list[str]) -> d
     wanted = [n for n in names if n in produced and n not in existing]
     for name in wanted:
         model.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 2
-    options.log_severity_level = 3
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(
+        model.SerializeToString(), session_options(), providers=["CPUExecutionProvider"]
+    )
     feed = {i.name: np.asarray(inputs[i.name]).astype(np.int64) for i in session.get_inputs()}
     return dict(zip(wanted, session.run(wanted, feed), strict=True))
 
