@@ -13,6 +13,7 @@ import pytest
 import torch
 from onnx import numpy_helper
 
+from qexport.backends.onnx.cpu import exact_session_config
 from qexport.convert import ConvertOptions, convert, sha256_file
 from qexport.errors import QExportError
 from qexport.frontend.text import read_lines, tokenize
@@ -57,7 +58,8 @@ def test_json_numbers_agree_with_an_independent_recomputation(converted, minilm_
         read_lines(EVAL_TEXT), minilm_dir, 128, ["input_ids", "attention_mask", "token_type_ids"]
     )
     options = ort.SessionOptions()
-    options.add_session_config_entry("session.x64quantprecision", "1")  # exact on x86 without VNNI
+    for key, value in exact_session_config().items():  # exact U8U8 kernels on x86 without VNNI
+        options.add_session_config_entry(key, value)
     session = ort.InferenceSession(str(out / "model.onnx"), options, providers=["CPUExecutionProvider"])
     model = AutoModel.from_pretrained(str(minilm_dir)).eval()
     cosines, signal, noise = [], 0.0, 0.0

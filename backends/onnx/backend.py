@@ -8,19 +8,13 @@ from typing import Any
 import numpy as np
 
 from qexport.atomic import write_bytes
+from qexport.backends.onnx.cpu import EXACT_U8U8, exact_session_config
 from qexport.errors import QExportError
 from qexport.ir.graph import Graph, QuantSpec
 from qexport.ir.ops import Op
 
 OPSET = 21  # int16 QuantizeLinear/DequantizeLinear and per-axis int8 QDQ need opset >= 21
 PRODUCER = "qexport"
-# onnxruntime's default U8S8 kernels on x86 CPUs without VNNI (AVX2, AVX-512 before Cascade Lake,
-# AMD before Zen 4) sum pairs of u8*s8 products in 16 bits with saturation (VPMADDUBSW): measured
-# 22 dB against the IR instead of 35+ on an AVX2 EPYC. This session option makes onnxruntime turn
-# the int8 weights into uint8 (+128) at load time on exactly those CPUs and use its exact U8U8
-# kernels; on VNNI CPUs it changes nothing. The file keeps the IR's int8 weights. See
-# docs/backend-onnx.md, "x86 without VNNI".
-EXACT_SESSION_CONFIG = {"session.x64quantprecision": "1"}
 PRECISION_NOTE = (
     "onnx: on x86 CPUs without VNNI (AVX2-only) create the onnxruntime session with "
     "SessionOptions.add_session_config_entry('session.x64quantprecision', '1'); without it "
@@ -107,7 +101,7 @@ class OnnxBackend:
         notes = slow_path_notes(graph)
         if any(node.op.value == "Linear" and node.inputs[1] in graph.quant for node in graph.nodes):
             notes.append(PRECISION_NOTE)
-        facts["session_config"] = EXACT_SESSION_CONFIG
+        facts["session_config_x86_without_vnni"] = EXACT_U8U8
         if notes:
             facts["notes"] = notes
         return facts
@@ -131,14 +125,14 @@ class OnnxBackend:
 
 
 def session_options(threads: int = 2, optimize: bool = True) -> Any:
-    """The onnxruntime options every qexport measurement uses: exact integer kernels on every x86."""
+    """The onnxruntime options every qexport measurement uses: exact integer kernels on this CPU."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
-    for key, value in EXACT_SESSION_CONFIG.items():
+    for key, value in exact_session_config().items():
         options.add_session_config_entry(key, value)
     if not optimize:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL

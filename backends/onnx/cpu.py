@@ -1,0 +1,43 @@
+"""Which onnxruntime session options this CPU needs for exact integer Linears.
+
+onnxruntime's U8S8 kernels on x86 CPUs *without* VNNI (AVX2-only: AMD before Zen 4, Intel
+before Cascade Lake) add pairs of u8*s8 products in a saturating int16 (``VPMADDUBSW``), which
+silently corrupts the IR's integer Linears (22 dB vs the IR, measured on an AVX2 EPYC). The
+session option ``session.x64quantprecision=1`` makes onnxruntime convert the int8 weights to
+uint8 at load time and use its exact U8U8 kernels. On CPUs with VNNI the U8S8 kernels are exact
+and the option is harmful: on an AMX Sapphire Rapids it swaps the AMX U8S8 GEMM for a U8U8 one
+(the same bits, MiniLM int8 0.55x -> 1.03x of fp32 latency, measured). So it is set only where
+the CPU needs it. See docs/backend-onnx.md, "x86 without VNNI".
+"""
+
+from __future__ import annotations
+
+import platform
+from functools import cache
+from pathlib import Path
+
+EXACT_U8U8 = {"session.x64quantprecision": "1"}
+_VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
+
+
+@cache
+def int8_dot_saturates() -> bool:
+    """True on x86 CPUs whose u8*s8 dot products saturate (no VNNI); False elsewhere.
+
+    Reads /proc/cpuinfo on Linux; on another x86 OS, where flags cannot be read here, it
+    assumes the worst (exact and slower beats fast and wrong)."""
+    if platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686", "x86"):
+        return False
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return True
+    flags = next(
+        (line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), []
+    )
+    return not any(flag in flags for flag in _VNNI_FLAGS)
+
+
+def exact_session_config() -> dict[str, str]:
+    """The session config entries that keep onnxruntime's integer Linears exact on this CPU."""
+    return dict(EXACT_U8U8) if int8_dot_saturates() else {}
