@@ -119,8 +119,9 @@ def test_parity_with_ir_simulation_and_fp32(int8_tflite, backend, minilm, minilm
     cos_mean, cos_min, sqnr = parity(ours, fp32)
     assert cos_mean >= 0.998 and cos_min >= 0.99 and sqnr >= 24.0, (cos_mean, cos_min, sqnr)
     # Linears sum the IR's integers exactly; XNNPACK's float LayerNorm/GELU/softmax differ ~1 ulp
-    # from numpy before a quantizer, flipping a rounding now and then (measured ~40 dB).
-    assert parity(ours, simulated)[2] >= 38.0
+    # from numpy before a quantizer, flipping a rounding now and then (measured 39.6 dB; 37.9 dB
+    # since the score scale is folded into the query weights — the gate is 35).
+    assert parity(ours, simulated)[2] >= 37.0
 
 
 def test_float_output_linears_sum_the_irs_integers(int8_tflite, backend, minilm_int8, docstring_texts):
@@ -180,10 +181,12 @@ def test_dynamic_recipe_uses_hybrid_kernels(minilm, backend, tmp_path, docstring
     held_out = {k: v[:48] for k, v in docstring_texts[1].items()}
     ours = tflite_pooled(backend, tmp_path / "dyn.tflite", held_out)
     fp32 = pooled_outputs(minilm[0].graph, held_out, simulate=False)
-    # XNNPACK quantizes each row asymmetrically, a little finer than the IR's symmetric
-    # per-token spec: closer to fp32 (measured 28.5 dB) than to the IR (25.7 dB).
+    simulated = pooled_outputs(graph, held_out)
+    # The IR's dynamic spec is XNNPACK's asymmetric per-row rule, so the file computes what the
+    # IR says (measured 39.5 dB; 25.7 dB when the IR was symmetric) at 28.4 dB vs fp32.
     cos_mean, cos_min, sqnr = parity(ours, fp32)
-    assert cos_mean >= 0.998 and cos_min >= 0.99 and sqnr >= 25.0, (cos_mean, cos_min, sqnr)
+    assert cos_mean >= 0.998 and cos_min >= 0.99 and sqnr >= 27.0, (cos_mean, cos_min, sqnr)
+    assert parity(ours, simulated)[2] >= 36.0
 
 
 @pytest.mark.parametrize("arch", ["bert", "distilbert", "roberta", "electra", "mobilebert"])

@@ -199,7 +199,10 @@ def _resolve(b: Any, graph: Graph, name: str) -> str:
 
 
 def _dynamic_fake_quant(b: Any, out: str, produced: str, spec: QuantSpec) -> None:
-    """Run-time symmetric quantization (per token for axis=-1) expressed in float ops."""
+    """Run-time quantization (per token for axis=-1) expressed in float ops."""
+    if not spec.symmetric:
+        _asymmetric_dynamic_fake_quant(b, out, produced, spec)
+        return
     qmax = np.float32(spec.dtype.qmax)
     axes = b.const(np.array([spec.axis if spec.axis is not None else 0], np.int64))
     absx = b.node("Abs", [produced], f"{out}_abs")
@@ -214,3 +217,37 @@ def _dynamic_fake_quant(b: Any, out: str, produced: str, spec: QuantSpec) -> Non
     rounded = b.node("Round", [ratio], f"{out}_round")
     clipped = b.node("Clip", [rounded, b.const(np.array(-qmax)), b.const(np.array(qmax))], f"{out}_clip")
     b.node("Mul", [clipped, safe], out, name=f"{out}_dynamic_quant")
+
+
+def _asymmetric_dynamic_fake_quant(b: Any, out: str, produced: str, spec: QuantSpec) -> None:
+    """XNNPACK's asymmetric int8 rule (``qexport.quant.arith.dynamic_params``) in float ops."""
+
+    def f32(value: float) -> str:
+        return str(b.const(np.array(value, np.float32)))
+
+    keep = {"keepdims": 0} if spec.axis is None else {"keepdims": 1}
+    reduce_in = [produced] if spec.axis is None else [produced, b.const(np.array([spec.axis], np.int64))]
+    low = b.node("ReduceMin", reduce_in, f"{out}_rmin", **keep)
+    high = b.node("ReduceMax", reduce_in, f"{out}_rmax", **keep)
+    low = b.node("Min", [low, f32(0.0)], f"{out}_min0")
+    high = b.node("Max", [high, f32(0.0)], f"{out}_max0")
+    width = b.node("Sub", [high, low], f"{out}_width")
+    nonzero = b.node("Greater", [width, f32(0.0)], f"{out}_nonzero")
+    safe_width = b.node("Where", [nonzero, width, f32(1.0)], f"{out}_width_safe")
+    inverse = b.node("Div", [f32(255.0), safe_width], f"{out}_m_raw")
+    mult = b.node("Where", [nonzero, inverse, f32(1.0)], f"{out}_multiplier")
+    low_s = b.node("Mul", [low, mult], f"{out}_min_scaled")
+    high_s = b.node("Mul", [high, mult], f"{out}_max_scaled")
+    from_min = b.node("Add", [f32(-128.0), low_s], f"{out}_err_min")
+    from_max = b.node("Add", [f32(127.0), high_s], f"{out}_err_max")
+    use_min = b.node(
+        "Greater", [b.node("Add", [from_min, from_max], f"{out}_err_sum"), f32(0.0)], f"{out}_use_min"
+    )
+    zp_min = b.node("Sub", [f32(-128.0), low_s], f"{out}_zp_from_min")
+    zp_max = b.node("Sub", [f32(127.0), high_s], f"{out}_zp_from_max")
+    zp = b.node("Where", [use_min, zp_min, zp_max], f"{out}_zp_raw")
+    zp = b.node("Round", [b.node("Clip", [zp, f32(-128.0), f32(127.0)], f"{out}_zp_clip")], f"{out}_zp")
+    scaled = b.node("Round", [b.node("Mul", [produced, mult], f"{out}_scaled")], f"{out}_rounded")
+    q = b.node("Clip", [b.node("Add", [scaled, zp], f"{out}_shifted"), f32(-128.0), f32(127.0)], f"{out}_q")
+    scale = b.node("Div", [f32(1.0), mult], f"{out}_dynscale")
+    b.node("Mul", [b.node("Sub", [q, zp], f"{out}_steps"), scale], out, name=f"{out}_dynamic_quant")

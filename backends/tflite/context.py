@@ -56,6 +56,7 @@ class Ctx:
         self.dims = {"batch": 1, "seq": seq_len}
         self.folded: dict[str, np.ndarray] = {}
         self.consumers = graph.consumers()
+        self.producers = graph.producer()
 
     # -- shapes and folding ------------------------------------------------------------------
     def shape(self, value: str) -> tuple[int, ...]:

@@ -46,7 +46,7 @@ def linear(ctx: Ctx, node: Node) -> None:
       weights as integer-valued floats, exact below 2**24) and one MUL applies the IR's scale:
       the IR's arithmetic, at float speed — see docs/backend-tflite.md;
     - input with a dynamic per-token spec -> hybrid FC (float in/out, int8 per-channel
-      weights; the kernel quantizes each token row symmetrically, as the IR says);
+      weights; the kernel quantizes each token row at run time, asymmetrically as the IR says);
     - no spec -> float FC (weights dequantized at load if stored as int8).
     """
     g = ctx.graph
@@ -67,12 +67,8 @@ def linear(ctx: Ctx, node: Node) -> None:
         return
 
     if in_spec is not None and in_spec.dynamic and w_spec is not None:
-        x2 = _reshape(ctx, ctx.float_in_raw(x_name), (rows, k), f"{x_name}.2d")
-        w = ctx.b.constant(w_name, weight, Quant(w_spec.scale, w_spec.zero_point.astype(np.int64), 0))
-        inputs = [x2, w]
-        if b_name:
-            inputs.append(ctx.constant(b_name))
-        version = 12
+        _hybrid_linear(ctx, node)
+        return
     else:
         x2 = _reshape(ctx, ctx.float_in(x_name), (rows, k), f"{x_name}.2d")
         if w_spec is not None:
@@ -93,6 +89,31 @@ def linear(ctx: Ctx, node: Node) -> None:
         OP.FULLY_CONNECTED, inputs, [y2], version=version, options=fc, options_type=OPT.FullyConnectedOptions
     )
     _reshape_into(ctx, y2, node)
+
+
+def _hybrid_linear(ctx: Ctx, node: Node) -> None:
+    """Hybrid FC (float in/out, int8 per-channel weights) on the N-D input with keep_num_dims
+    (no RESHAPE copies around it): the kernel quantizes each token row at run time — XNNPACK
+    by the rule the IR's asymmetric dynamic spec names (``arith.dynamic_params``)."""
+    g = ctx.graph
+    x_name, w_name = node.inputs[0], node.inputs[1]
+    b_name = node.inputs[2] if len(node.inputs) > 2 else ""
+    w_spec, asymmetric = g.quant[w_name], not g.quant[x_name].symmetric
+    w = ctx.b.constant(
+        w_name, g.constants[w_name], Quant(w_spec.scale, w_spec.zero_point.astype(np.int64), 0)
+    )
+    inputs = [ctx.float_in_raw(x_name), w]
+    if b_name:
+        inputs.append(ctx.constant(b_name))
+    ctx.b.op(
+        OP.FULLY_CONNECTED,
+        inputs,
+        [ctx.output(node.outputs[0])],
+        version=12,
+        # XNNPACK quantizes the rows asymmetrically either way; the builtin kernels only if asked
+        options=_options(fb.FullyConnectedOptionsT, keepNumDims=True, asymmetricQuantizeInputs=asymmetric),
+        options_type=OPT.FullyConnectedOptions,
+    )
 
 
 def _integer_linear(ctx: Ctx, node: Node, rows: int) -> None:
@@ -428,14 +449,34 @@ def layer_norm(ctx: Ctx, node: Node) -> None:
         )
 
 
+def _transposed_rhs(ctx: Ctx, node: Node) -> bool:
+    """True for a Transpose of the last two axes whose only reader is a MatMul's right operand
+    (attention's K^T): BATCH_MATMUL reads it with ``adj_y`` instead of a materialized copy."""
+    perm = list(node.attrs.get("perm", ())) if node.op is Op.TRANSPOSE else []
+    rank = len(perm)
+    swaps_last_two = rank >= 2 and perm == [*range(rank - 2), rank - 1, rank - 2]
+    readers = ctx.consumers.get(node.outputs[0], [])
+    return (
+        swaps_last_two
+        and node.outputs[0] not in ctx.graph.quant
+        and node.outputs[0] not in ctx.graph.outputs.values()
+        and len(readers) == 1
+        and readers[0].op is Op.MATMUL
+        and readers[0].inputs[1] == node.outputs[0]
+        and readers[0].inputs[0] != node.outputs[0]
+    )
+
+
 @lowers(Op.MATMUL)
 def matmul(ctx: Ctx, node: Node) -> None:
-    a, b = (ctx.float_in(v) for v in node.inputs)
+    producer = ctx.producers.get(node.inputs[1])
+    adj_y = producer is not None and _transposed_rhs(ctx, producer)
+    rhs = producer.inputs[0] if adj_y else node.inputs[1]
     ctx.b.op(
         OP.BATCH_MATMUL,
-        [a, b],
+        [ctx.float_in(node.inputs[0]), ctx.float_in(rhs)],
         [ctx.output(node.outputs[0])],
-        options=_options(fb.BatchMatMulOptionsT, adjX=False, adjY=False),
+        options=_options(fb.BatchMatMulOptionsT, adjX=False, adjY=adj_y),
         options_type=OPT.BatchMatMulOptions,
     )
 
@@ -487,6 +528,8 @@ def reshape(ctx: Ctx, node: Node) -> None:
 
 @lowers(Op.TRANSPOSE)
 def transpose(ctx: Ctx, node: Node) -> None:
+    if _transposed_rhs(ctx, node):
+        return  # the MatMul reading it transposes on the fly (adj_y)
     perm = ctx.int_vector("perm", list(node.attrs["perm"]))
     ctx.b.op(
         OP.TRANSPOSE,

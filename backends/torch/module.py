@@ -62,6 +62,9 @@ class IRModule(torch.nn.Module):
                 self._add_integer_epilogue(node, q, x_spec)
             else:
                 self._add(f"{node.name}/bias_float", self._float_bias(node))
+                if not x_spec.symmetric and f"{node.inputs[1]}/colsum" not in self.buffer_of:
+                    # sum_k W[j, k]: the zero-point correction zp * colsum of the asymmetric rows
+                    self._add(f"{node.inputs[1]}/colsum", q.astype(np.int32).sum(axis=1, dtype=np.int32))
             self.integer_inputs.add(x_name)
         # A value read only by integer Linears never needs its fake-quantized float form.
         self.float_needed = {
@@ -152,6 +155,9 @@ class IRModule(torch.nn.Module):
 
     def fake_quant(self, name: str, x: torch.Tensor) -> torch.Tensor:
         spec = self.graph.quant[name]
+        if spec.dynamic and not spec.symmetric:
+            q, zero, scale = _asymmetric_rows(x, spec.axis)
+            return cast(cast(q, torch.int32) - zero, torch.float32) * scale
         if spec.dynamic:
             scale = self._dynamic_scale(x, spec)
             return torch.clamp(torch.round(x / scale), -spec.dtype.qmax, spec.dtype.qmax) * scale
@@ -180,11 +186,15 @@ class IRModule(torch.nn.Module):
             return cast(cast(rows, torch.int32) - zero[ids].unsqueeze(-1), torch.float32) * scale
         return cast(rows, torch.float32) * scale
 
-    def quantized_rows(self, x_name: str, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The int8 rows ``_int_mm`` reads for value ``x_name`` (and the per-row scales of a
-        dynamic spec). Computed once per value: Q, K and V share theirs."""
+    def quantized_rows(self, x_name: str, x: torch.Tensor) -> tuple[torch.Tensor, Any]:
+        """The int8 rows ``_int_mm`` reads for value ``x_name`` (and the per-row scales — with
+        the zero points of an asymmetric one — of a dynamic spec). Computed once per value:
+        Q, K and V share theirs."""
         spec = self.graph.quant[x_name]
         rows = x.reshape(-1, x.shape[-1])
+        if spec.dynamic and not spec.symmetric:
+            q, zero, scale = _asymmetric_rows(rows, -1)
+            return q, (scale, zero)
         if spec.dynamic:
             scale = self._dynamic_scale(rows, QuantSpec(spec.dtype, spec.scale, spec.zero_point, -1, True))
             return cast(torch.clamp(torch.round(rows / scale), -127, 127), torch.int8), scale
@@ -198,7 +208,7 @@ class IRModule(torch.nn.Module):
         node: Node,
         raw: dict[str, torch.Tensor],
         env: dict[str, torch.Tensor],
-        integers: dict[str, tuple[torch.Tensor, torch.Tensor | None]],
+        integers: dict[str, tuple[torch.Tensor, Any]],
     ) -> torch.Tensor:
         x_name, w_name = node.inputs[0], node.inputs[1]
         if not self._integer_linear(node):
@@ -209,6 +219,9 @@ class IRModule(torch.nn.Module):
             integers[x_name] = self.quantized_rows(x_name, x)
         q, row_scale = integers[x_name]
         acc = torch._int_mm(q, self.t(f"{w_name}/transposed"))
+        if isinstance(row_scale, tuple):  # asymmetric rows: remove zp * sum_k W[j, k] in int32
+            row_scale, zero = row_scale
+            acc = acc - zero * self.t(f"{w_name}/colsum")
         if row_scale is not None:  # dynamic: per-token scale times per-channel weight scale
             y = torch.addcmul(
                 self.t(f"{node.name}/bias_float"),
@@ -236,7 +249,7 @@ class IRModule(torch.nn.Module):
         )
         env: dict[str, Any] = {n: inputs[n] for n in graph.inputs}
         raw: dict[str, torch.Tensor] = {}
-        integers: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
+        integers: dict[str, tuple[torch.Tensor, Any]] = {}
         for node in graph.nodes:
             if node.op is Op.LINEAR:
                 result = self.linear(node, raw, env, integers)
@@ -255,3 +268,21 @@ class IRModule(torch.nn.Module):
                     result = self.fake_quant(out, result)
             env[out] = result
         return {name: env[value] for name, value in graph.outputs.items()}
+
+
+def _asymmetric_rows(x: torch.Tensor, axis: int | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """XNNPACK's asymmetric int8 rule (``qexport.quant.arith.dynamic_params``): int8 values,
+    int32 zero points and float32 scales, per ``axis`` (kept as a size-1 dim) or per tensor."""
+    if axis is None:
+        low, high = torch.clamp(x.amin(), max=0.0), torch.clamp(x.amax(), min=0.0)
+    else:
+        low = torch.clamp(x.amin(dim=axis, keepdim=True), max=0.0)
+        high = torch.clamp(x.amax(dim=axis, keepdim=True), min=0.0)
+    width = high - low
+    nonzero = width > 0
+    multiplier = torch.where(nonzero, 255.0 / torch.where(nonzero, width, 1.0), 1.0)
+    low_s, high_s = low * multiplier, high * multiplier
+    zero = torch.where((-128.0 + low_s) + (127.0 + high_s) > 0, -128.0 - low_s, 127.0 - high_s)
+    zero = torch.round(torch.clamp(zero, -128.0, 127.0))
+    q = torch.clamp(torch.round(x * multiplier) + zero, -128.0, 127.0)
+    return cast(q, torch.int8), cast(zero, torch.int32), 1.0 / multiplier

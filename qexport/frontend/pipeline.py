@@ -9,6 +9,7 @@ from typing import Any
 from qexport.frontend.export import Exported, export_module
 from qexport.frontend.source import LoadedSource, load_source
 from qexport.frontend.translate import translate
+from qexport.ir.fold_score_scale import fold_score_scale
 from qexport.ir.graph import Graph
 
 
@@ -33,6 +34,7 @@ def capture_source(
     exported = export_module(source, seq_len)
     prefix = "model." if exported.module is not None else ""
     graph = translate(exported.program, exported.input_names, exported.output_names, prefix=prefix)
+    folded = fold_score_scale(graph)  # 1/sqrt(d) into the query weights: one op fewer per layer
     graph.metadata.update(
         {
             "qexport_version": __version__,
@@ -40,6 +42,7 @@ def capture_source(
             "architecture": type(source.module).__name__ if source.module is not None else "ExportedProgram",
             "capture": {"seq_len": seq_len, "dynamic_shapes": exported.dynamic, "max_seq": exported.max_seq},
             "notes": list(source.notes),
+            "passes": {"fold_score_scale": folded},
         }
     )
     return Captured(graph, source, exported)

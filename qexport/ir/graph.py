@@ -51,8 +51,11 @@ class QuantSpec:
     ``q = clamp(round_half_even(x / scale) + zero_point, qmin, qmax)``;
     ``x' = (q - zero_point) * scale`` — all in float32. ``scale``/``zero_point`` are 0-d for
     per-tensor, 1-d along ``axis`` for per-channel. ``dynamic`` specs carry placeholder params
-    (0-d): the scale is taken at run time, symmetric, from max|x| over the whole tensor
-    (``axis`` None) or over ``axis`` only — ``axis=-1`` is per token for [..., tokens, hidden].
+    (0-d): the params are taken at run time over the whole tensor (``axis`` None) or over
+    ``axis`` only — ``axis=-1`` is per token for [..., tokens, hidden]. ``symmetric`` dynamic
+    specs use scale = max|x| / qmax and zero point 0; asymmetric ones (int8 only) use the rule
+    of XNNPACK's dynamically quantized kernels (LiteRT's hybrid FULLY_CONNECTED), so that file
+    computes what the IR says — see ``qexport.quant.arith.dynamic_params`` and docs/ir.md.
     """
 
     dtype: QDType
@@ -60,6 +63,7 @@ class QuantSpec:
     zero_point: np.ndarray  # int32, same shape as scale
     axis: int | None = None
     dynamic: bool = False
+    symmetric: bool = True  # dynamic specs only; static specs carry their zero points
 
     def __post_init__(self) -> None:
         if self.scale.dtype != np.float32 or self.zero_point.dtype != np.int32:
@@ -70,6 +74,10 @@ class QuantSpec:
             raise IRError("QuantSpec: per-channel params need an axis, per-tensor none")
         if not self.dynamic and not np.all(np.isfinite(self.scale) & (self.scale > 0)):
             raise IRError("QuantSpec scales must be finite and > 0")
+        if not self.symmetric and not (self.dynamic and self.dtype is QDType.INT8):
+            raise IRError(
+                "QuantSpec: only dynamic int8 specs may be asymmetric (static ones carry zero points)"
+            )
 
 
 @dataclass(frozen=True)

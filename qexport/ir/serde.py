@@ -66,6 +66,7 @@ def to_bytes(graph: Graph) -> bytes:
                 "axis": spec.axis,
                 "dynamic": spec.dynamic,
                 "channels": int(spec.scale.shape[0]) if spec.scale.ndim else None,
+                **({} if spec.symmetric else {"symmetric": False}),
             }
             for name, spec in graph.quant.items()
         ],
@@ -227,7 +228,8 @@ def _parse(doc: Any, arrays: dict[str, np.ndarray]) -> Graph:
         zero = arrays.get(f"quant/{name}/zero_point")
         if scale is None or zero is None:
             raise QirFormatError(f"quant params of {name!r} missing from arrays.safetensors")
-        quant[name] = QuantSpec(qdtype, scale, zero, axis, bool(item.get("dynamic", bool)))
+        symmetric = item.get("symmetric", bool) if "symmetric" in item.doc else True
+        quant[name] = QuantSpec(qdtype, scale, zero, axis, bool(item.get("dynamic", bool)), symmetric)
     graph = Graph(inputs, outputs, nodes, constants, values, quant, metadata)
     graph.validate()
     return graph

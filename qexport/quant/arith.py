@@ -46,8 +46,42 @@ def dynamic_fake_quant(x: np.ndarray, dtype: QDType, axis: int | None) -> np.nda
     return (q * scale).astype(np.float32)
 
 
+def dynamic_params(x: np.ndarray, axis: int | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Asymmetric int8 run-time params: ``(multiplier, zero_point, scale)`` over the tensor or
+    over ``axis`` (kept as a size-1 dim), by XNNPACK's rule for its dynamically quantized
+    kernels, all in float32 as it computes them:
+
+    the range is widened to include 0; ``m = 255 / (max - min)`` (1 when max == min); the zero
+    point is ``-128 - min*m`` or ``127 - max*m``, whichever side has the smaller error, clamped
+    to [-128, 127] and rounded half-to-even; the dequantization scale is ``1 / m``. Values
+    quantize as ``q = clamp(rint(x * m) + zp, -128, 127)``; note the multiply (not a divide).
+    """
+    keep = axis is not None
+    lo = np.minimum(np.min(x, axis=axis, keepdims=keep), 0).astype(np.float32)
+    hi = np.maximum(np.max(x, axis=axis, keepdims=keep), 0).astype(np.float32)
+    width = (hi - lo).astype(np.float32)
+    multiplier = np.where(width > 0, np.float32(255.0) / np.where(width > 0, width, 1), 1).astype(np.float32)
+    lo_scaled, hi_scaled = (lo * multiplier).astype(np.float32), (hi * multiplier).astype(np.float32)
+    from_min = (np.float32(-128.0) + lo_scaled).astype(np.float32)
+    from_max = (np.float32(127.0) + hi_scaled).astype(np.float32)
+    zp = np.where(from_min + from_max > 0, np.float32(-128.0) - lo_scaled, np.float32(127.0) - hi_scaled)
+    zp = np.rint(np.clip(zp.astype(np.float32), -128, 127)).astype(np.int32)
+    scale = (np.float32(1.0) / multiplier).astype(np.float32)
+    return multiplier, zp, scale
+
+
+def dynamic_quantize(x: np.ndarray, axis: int | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Asymmetric int8 run-time quantization: ``(q, zero_point, scale)`` (see ``dynamic_params``)."""
+    multiplier, zp, scale = dynamic_params(x, axis)
+    q = np.clip(np.rint((x * multiplier).astype(np.float32)) + zp, -128, 127).astype(np.int8)
+    return q, zp, scale
+
+
 def fake_quant(x: np.ndarray, spec: QuantSpec) -> np.ndarray:
     """dequantize(quantize(x)): what a tensor looks like after crossing in integers."""
-    if spec.dynamic:
+    if spec.dynamic and spec.symmetric:
         return dynamic_fake_quant(x, spec.dtype, spec.axis)
+    if spec.dynamic:
+        q, zp, scale = dynamic_quantize(x.astype(np.float32), spec.axis)
+        return ((q.astype(np.int32) - zp).astype(np.float32) * scale).astype(np.float32)
     return dequantize(quantize(x, spec), spec)

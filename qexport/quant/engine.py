@@ -151,7 +151,12 @@ def quantize_graph(
     elif recipe.scheme == "dynamic":
         for name in act_values:
             out.quant[name] = QuantSpec(
-                QDType.INT8, np.array(1.0, np.float32), np.array(0, np.int32), axis=-1, dynamic=True
+                QDType.INT8,
+                np.array(1.0, np.float32),
+                np.array(0, np.int32),
+                axis=-1,
+                dynamic=True,
+                symmetric=recipe.dynamic_symmetric,
             )
     if recipe.quantize_embeddings:
         for node in out.nodes:

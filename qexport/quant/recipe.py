@@ -65,6 +65,9 @@ class Recipe:
       in int8), so integer kernels that must write int8 (TFLite's FULLY_CONNECTED) run the
       whole layer; up to ``output_outliers`` (a fraction) of the widest output channels may
       get a second scale when that halves the quantization noise.
+    - ``dynamic_symmetric``: dynamic activations with scale max|x|/127 and zero point 0 (True),
+      or asymmetric per token by XNNPACK's rule (False, the default: finer, and exactly what
+      LiteRT's hybrid FULLY_CONNECTED computes, so the .tflite matches the IR).
     """
 
     name: str = "custom"
@@ -81,6 +84,7 @@ class Recipe:
     quantize_op_inputs: tuple[str, ...] = ()
     linear_outputs: str = "float"
     output_outliers: float = 1 / 32
+    dynamic_symmetric: bool = False
 
     def __post_init__(self) -> None:
         _one_of("scheme", self.scheme, SCHEMES)
@@ -94,7 +98,7 @@ class Recipe:
         if self.weight_block_size is not None and (self.weight_block_size < 2 or self.weight_block_size % 2):
             raise RecipeError("weight_block_size must be an even number >= 2")
         if self.scheme == "dynamic" and self.activation_dtype != "int8":
-            raise RecipeError("dynamic activations are int8 (symmetric, per token)")
+            raise RecipeError("dynamic activations are int8 (per token)")
         if not 50.0 < self.percentile <= 100.0:
             raise RecipeError("percentile must be in (50, 100]")
         from qexport.ir.ops import Op
@@ -198,6 +202,7 @@ def from_dict(doc: Any, where: str = "recipe") -> Recipe:
         "quantize_op_inputs": list,
         "linear_outputs": str,
         "output_outliers": (int, float),
+        "dynamic_symmetric": bool,
     }
     for key, value in doc.items():
         if (isinstance(value, bool) and types[key] is not bool) or not isinstance(value, types[key]):

@@ -15,7 +15,7 @@ from qexport.errors import QExportError
 from qexport.ir.graph import Graph, Node
 from qexport.ir.ops import Op
 from qexport.ir.symbols import bind
-from qexport.quant.arith import dequantize, fake_quant
+from qexport.quant.arith import dequantize, dynamic_quantize, fake_quant
 from qexport.reference.kernels import KERNELS
 
 
@@ -44,6 +44,7 @@ def run(
     env.update(graph.constants)  # quantized constants are dequantized when read, not all at once
     keep_set = set(keep or ())
     last_use = _last_use(graph, keep_set)
+    steps: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # asymmetric dynamic values: q - zp, scale
     for index, node in enumerate(graph.nodes):
         lazy = node.op is Op.GATHER and node.inputs[0] in graph.quant  # rows dequantized in _gather_rows
         args = [
@@ -54,7 +55,9 @@ def run(
             if node.op is Op.GATHER and node.inputs[0] in graph.quant and node.inputs[0] in graph.constants:
                 result = _gather_rows(graph, node, env)
             elif (
-                simulate and node.op is Op.LINEAR and (exact := _integer_linear(graph, node, env)) is not None
+                simulate
+                and node.op is Op.LINEAR
+                and (exact := _integer_linear(graph, node, env, steps)) is not None
             ):
                 result = exact
             else:
@@ -68,12 +71,18 @@ def run(
         out = node.outputs[0]
         result = np.asarray(result)
         spec = graph.quant.get(out)
-        if simulate and spec is not None:
+        if simulate and spec is not None and spec.dynamic and not spec.symmetric:
+            q, zero, scale = dynamic_quantize(result.astype(np.float32), spec.axis)
+            integers = q.astype(np.int32) - zero
+            steps[out] = (integers, scale)
+            result = (integers.astype(np.float32) * scale).astype(np.float32)
+        elif simulate and spec is not None:
             result = fake_quant(result, spec)
         env[out] = result
         for name in node.inputs:
             if name and last_use.get(name) == index:
                 env.pop(name, None)
+                steps.pop(name, None)
     result_map = {out: env[value] for out, value in graph.outputs.items()}
     for name in keep_set:
         if name in env:
@@ -105,7 +114,9 @@ def _gather_rows(graph: Graph, node: Node, env: dict[str, np.ndarray]) -> np.nda
     return ((rows.astype(np.int64) - zero).astype(np.float32) * scale).astype(np.float32)
 
 
-def _integer_linear(graph: Graph, node: Node, env: dict[str, np.ndarray]) -> np.ndarray | None:
+def _integer_linear(
+    graph: Graph, node: Node, env: dict[str, np.ndarray], steps: dict[str, tuple[np.ndarray, np.ndarray]]
+) -> np.ndarray | None:
     """A Linear whose input and weight both cross in integers, accumulated exactly.
 
     Integer kernels (onnxruntime QGemm, TFLite FULLY_CONNECTED, torch._int_mm) sum
@@ -115,13 +126,21 @@ def _integer_linear(graph: Graph, node: Node, env: dict[str, np.ndarray]) -> np.
     applies ``(acc + q_bias) · s_x·s_w`` once. Returns None when the Linear is not integer.
     """
     x_spec, w_spec = graph.quant.get(node.inputs[0]), graph.quant.get(node.inputs[1])
-    if x_spec is None or w_spec is None or x_spec.dynamic or x_spec.axis is not None:
+    if x_spec is None or w_spec is None or w_spec.dtype.storage != "int8" or w_spec.axis not in (0, None):
         return None
-    if w_spec.dtype.storage != "int8" or w_spec.axis not in (0, None):
+    if node.inputs[0] in steps:  # asymmetric dynamic input, as XNNPACK's qd8 GEMM computes it
+        integers, row_scale = steps[node.inputs[0]]
+        acc = (integers.astype(np.float64) @ graph.constants[node.inputs[1]].astype(np.float64).T).astype(
+            np.float32
+        )
+        y = ((acc * row_scale).astype(np.float32) * w_spec.scale).astype(np.float32)
+        bias = node.inputs[2] if len(node.inputs) > 2 else ""
+        return (y + _read(graph, env, bias)).astype(np.float32) if bias else y
+    if x_spec.dynamic or x_spec.axis is not None:
         return None
     x = env[node.inputs[0]]
-    steps = np.rint(x / x_spec.scale).astype(np.float64)  # q - z, recovered exactly
-    acc = steps @ graph.constants[node.inputs[1]].astype(np.float64).T
+    shifted = np.rint(x / x_spec.scale).astype(np.float64)  # q - z, recovered exactly
+    acc = shifted @ graph.constants[node.inputs[1]].astype(np.float64).T
     scale = (x_spec.scale * w_spec.scale).astype(np.float32)
     bias = node.inputs[2] if len(node.inputs) > 2 else ""
     b_spec = graph.quant.get(bias) if bias else None
