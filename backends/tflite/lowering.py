@@ -549,6 +549,17 @@ def slice_(ctx: Ctx, node: Node) -> None:
         evaluate(node.attrs["start"], ctx.dims), evaluate(node.attrs["end"], ctx.dims)
     ).indices(shape[axis])  # Python slicing: negative bounds count from the end, then clamp
     step[axis] = int(node.attrs["step"])
+    if step[axis] == 1:
+        # plain SLICE (begin, size) for unit steps, as LiteRT's own converter writes it
+        size = [max(e - b, 0) for b, e in zip(begin, end, strict=True)]
+        ctx.b.op(
+            OP.SLICE,
+            [ctx.float_in(node.inputs[0]), ctx.int_vector("begin", begin), ctx.int_vector("size", size)],
+            [ctx.output(node.outputs[0])],
+            options=fb.SliceOptionsT(),
+            options_type=OPT.SliceOptions,
+        )
+        return
     ctx.b.op(
         OP.STRIDED_SLICE,
         [

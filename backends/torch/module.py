@@ -273,14 +273,16 @@ class IRModule(torch.nn.Module):
 def _asymmetric_rows(x: torch.Tensor, axis: int | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """XNNPACK's asymmetric int8 rule (``qexport.quant.arith.dynamic_params``): int8 values,
     int32 zero points and float32 scales, per ``axis`` (kept as a size-1 dim) or per tensor."""
+    # every op here is one kernel call in the exported program; the width trick (an all-equal
+    # row divides 255 by 255: the rule's multiplier 1) saves two. amin + amax, not aminmax:
+    # aminmax over the last dim measured 78 us per call against 11 us for amax
     if axis is None:
         low, high = torch.clamp(x.amin(), max=0.0), torch.clamp(x.amax(), min=0.0)
     else:
         low = torch.clamp(x.amin(dim=axis, keepdim=True), max=0.0)
         high = torch.clamp(x.amax(dim=axis, keepdim=True), min=0.0)
     width = high - low
-    nonzero = width > 0
-    multiplier = torch.where(nonzero, 255.0 / torch.where(nonzero, width, 1.0), 1.0)
+    multiplier = 255.0 / torch.where(width > 0, width, 255.0)
     low_s, high_s = low * multiplier, high * multiplier
     zero = torch.where((-128.0 + low_s) + (127.0 + high_s) > 0, -128.0 - low_s, 127.0 - high_s)
     zero = torch.round(torch.clamp(zero, -128.0, 127.0))
