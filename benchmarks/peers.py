@@ -138,10 +138,12 @@ def litert_file(path: Path, held_out: dict[str, np.ndarray], one: dict[str, np.n
 class _SentenceEncoder:
     """HF model -> both of BertModel's outputs, keyword inputs (what litert-torch traces).
 
-    pooler_output too, so the peer files compute what qexport's do (the pooler's FC + tanh
-    cost qexport's dynamic .tflite ~3 % of its latency, measured)."""
+    pooler_output too, so the peer files compute what qexport's do (the pooler costs ~3 % of
+    a dynamic-range file's latency, measured). ``pooler=False`` for the pt2e static route: with
+    the pooler output its int8 file collapses to cosine 0.10 (measured), without it 0.95 —
+    the row shows that route at its best."""
 
-    def __new__(cls, hf: Any) -> Any:
+    def __new__(cls, hf: Any, pooler: bool = True) -> Any:
         import torch
 
         class Wrapper(torch.nn.Module):
@@ -153,6 +155,8 @@ class _SentenceEncoder:
                 out = self.model(
                     input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
                 )
+                if not pooler:
+                    return {"last_hidden_state": out.last_hidden_state}
                 return {"last_hidden_state": out.last_hidden_state, "pooler_output": out.pooler_output}
 
         return Wrapper().eval()
@@ -193,7 +197,7 @@ def litert_pt2e_static(hf: Any, work: Path, one: dict[str, np.ndarray], calib: d
     from litert_torch.quantize.quant_config import QuantConfig
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-    module = _SentenceEncoder(copy.deepcopy(hf))
+    module = _SentenceEncoder(copy.deepcopy(hf), pooler=False)
     quantizer = PT2EQuantizer().set_global(
         get_symmetric_quantization_config(is_per_channel=True, is_dynamic=False)
     )

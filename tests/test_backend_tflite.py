@@ -59,7 +59,8 @@ def test_only_builtin_operators(int8_tflite):
     model = _model(int8_tflite)
     assert all(code.customCode is None for code in model.operatorCodes)
     ops = inspect_ops(int8_tflite.read_bytes())
-    assert "CUSTOM" not in ops and ops["FULLY_CONNECTED"] == 37 and ops["EMBEDDING_LOOKUP"] == 3, ops
+    # word and token-type tables are looked up; the position rows at --seq-len are constant
+    assert "CUSTOM" not in ops and ops["FULLY_CONNECTED"] == 37 and ops["EMBEDDING_LOOKUP"] == 2, ops
     assert model.buffers[0].data is None  # the empty sentinel buffer
 
 
@@ -95,11 +96,18 @@ def test_scales_zero_points_and_integers_are_the_irs_bit_for_bit(int8_tflite, mi
         # Integers are stored as ``<name>_quantized`` when a float copy named ``<name>`` is
         # dequantized from them at run time, and under the IR name otherwise (embeddings).
         tensor = details.get(f"{name}_quantized") or details.get(name)
+        expected, expected_zp = spec.scale.ravel(), spec.zero_point.ravel()
+        if tensor is None:  # a table read at constant positions keeps just those rows (docs)
+            gather = next(n for n in graph.nodes if n.op is Op.GATHER and n.inputs[0] == name)
+            tensor = details[f"{gather.outputs[0]}_quantized"]
+            ids = _constant_ids(graph, gather.inputs[1])
+            assert np.array_equal(backend_rows(int8_tflite, tensor["name"]), graph.constants[name][ids]), name
+            expected, expected_zp = spec.scale[ids.ravel()], spec.zero_point[ids.ravel()]
         assert tensor is not None and tensor["dtype"] in (np.int8, np.int16), name
         params = tensor["quantization_parameters"]
-        assert params["scales"].astype(np.float32).tobytes() == spec.scale.ravel().tobytes(), name
+        assert params["scales"].astype(np.float32).tobytes() == expected.tobytes(), name
         shift = 128 if spec.dtype is QDType.UINT8 else 0
-        assert np.array_equal(params["zero_points"], spec.zero_point.ravel().astype(np.int64) - shift), name
+        assert np.array_equal(params["zero_points"], expected_zp.astype(np.int64) - shift), name
         checked += 1
     assert checked == sum(s.dtype is not QDType.INT32 for s in graph.quant.values()) > 60
     model = _model(int8_tflite)
@@ -109,6 +117,19 @@ def test_scales_zero_points_and_integers_are_the_irs_bit_for_bit(int8_tflite, mi
         stored = np.frombuffer(bytes(model.buffers[tensor.buffer].data), np.int8).reshape(tensor.shape)
         assert np.array_equal(stored, graph.constants[name]), name
     assert not any(t.type == fb.TensorType.FLOAT32 and np.prod(t.shape) > 1_000_000 for t in tensors.values())
+
+
+def _constant_ids(graph, value):
+    """The value of a constant-folded index tensor (position ids), from the reference executor."""
+    inputs = {n: np.zeros((1, 128), np.int64) for n in graph.inputs}
+    return np.asarray(run(graph, inputs, keep=[value])[value])
+
+
+def backend_rows(path, tensor_name):
+    """The integers a constant tensor of the .tflite file stores."""
+    model = _model(path)
+    tensor = next(t for t in model.subgraphs[0].tensors if t.name.decode() == tensor_name)
+    return np.frombuffer(bytes(model.buffers[tensor.buffer].data), np.int8).reshape(tensor.shape)
 
 
 def test_parity_with_ir_simulation_and_fp32(int8_tflite, backend, minilm, minilm_int8, docstring_texts):

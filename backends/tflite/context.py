@@ -82,8 +82,7 @@ class Ctx:
         """Evaluate ``node`` now when every input is constant; True when it was folded."""
         if not all(self.is_const(v) for v in node.inputs):
             return False
-        import os
-        if not os.environ.get("FOLDPOS") and any(v in self.graph.quant for v in node.inputs if v in self.graph.constants):
+        if any(v in self.graph.quant for v in node.inputs if v in self.graph.constants):
             return False  # keep the IR's integers (e.g. the position table) in the file
         args = [self.const_value(v) if v else None for v in node.inputs]
         result = np.asarray(KERNELS[node.op](args, node.attrs, self.dims))
