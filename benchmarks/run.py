@@ -25,23 +25,17 @@ import numpy as np
 
 from benchmarks import peers
 from benchmarks.measure import interleaved_latency, parity, peak_rss_mb, pooled, ratio
-from qexport.backends.onnx.cpu import exact_session_config
+from qexport.backends.onnx.cpu import cpuinfo, exact_session_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def cpu_description() -> str:
     """CPU model and the int8 dot-product extensions that decide which integer kernels run."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
+    info = cpuinfo()
+    if info is None:
         return platform.machine()
-    model = next(
-        (line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), ""
-    )
-    flags = next(
-        (line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), []
-    )
+    model, flags = info.get("model name", ""), info.get("flags", "").split()
     wanted = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")
     return f"{model} ({', '.join(f for f in wanted if f in flags) or 'no AVX2'})"
 

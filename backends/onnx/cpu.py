@@ -21,6 +21,22 @@ _VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
 
 
 @cache
+def cpuinfo() -> dict[str, str] | None:
+    """The first processor's ``key: value`` lines of /proc/cpuinfo, or None where it cannot be read."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return None
+    fields: dict[str, str] = {}
+    for line in text.splitlines():
+        if not line.strip():
+            break  # one processor is enough: every core reports the same model and flags
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    return fields
+
+
+@cache
 def int8_dot_saturates() -> bool:
     """True on x86 CPUs whose u8*s8 dot products saturate (no VNNI); False elsewhere.
 
@@ -28,13 +44,10 @@ def int8_dot_saturates() -> bool:
     assumes the worst (exact and slower beats fast and wrong)."""
     if platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686", "x86"):
         return False
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
+    info = cpuinfo()
+    if info is None:
         return True
-    flags = next(
-        (line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), []
-    )
+    flags = info.get("flags", "").split()
     return not any(flag in flags for flag in _VNNI_FLAGS)
 
 

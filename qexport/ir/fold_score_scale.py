@@ -27,23 +27,27 @@ _LAYOUT = (Op.RESHAPE, Op.TRANSPOSE)  # ops that move a Linear's output without 
 def fold_score_scale(graph: Graph) -> int:
     """Rewrite ``graph`` in place; return how many score Muls were folded."""
     folded = 0
+    producer, consumers = graph.producer(), graph.consumers()
     for mul in [n for n in graph.nodes if n.op is Op.MUL]:
-        match = _match(graph, mul)
+        match = _match(graph, mul, producer, consumers)
         if match is None:
             continue
-        linear, scale = match
+        linear, scale, scores, const = match
         weight, bias = linear.inputs[1], linear.inputs[2] if len(linear.inputs) > 2 else ""
         graph.constants[weight] = (graph.constants[weight] * scale).astype(np.float32)
         if bias:
             graph.constants[bias] = (graph.constants[bias] * scale).astype(np.float32)
-        _bypass(graph, mul)
+        _bypass(graph, mul, scores, const)
+        producer, consumers = graph.producer(), graph.consumers()  # the graph changed
         folded += 1
     return folded
 
 
-def _match(graph: Graph, mul: Node) -> tuple[Node, np.float32] | None:
-    """The query Linear feeding ``mul``'s MatMul and the scalar scale, or None."""
-    producer, consumers = graph.producer(), graph.consumers()
+def _match(
+    graph: Graph, mul: Node, producer: dict[str, Node], consumers: dict[str, list[Node]]
+) -> tuple[Node, np.float32, str, str] | None:
+    """The query Linear feeding ``mul``'s MatMul, the scalar scale, and ``mul``'s scores and
+    constant inputs; None when the pattern does not hold."""
     if len(mul.inputs) != 2:
         return None
     scores, const = mul.inputs if mul.inputs[1] in graph.constants else mul.inputs[::-1]
@@ -65,7 +69,7 @@ def _match(graph: Graph, mul: Node) -> tuple[Node, np.float32] | None:
         return None
     if any(len(consumers.get(p, [])) != 1 or p in graph.quant for p in params):
         return None
-    return node, np.float32(scale.reshape(()))
+    return node, np.float32(scale.reshape(())), scores, const
 
 
 def _private(graph: Graph, consumers: dict[str, list[Node]], value: str) -> bool:
@@ -77,10 +81,8 @@ def _private(graph: Graph, consumers: dict[str, list[Node]], value: str) -> bool
     )
 
 
-def _bypass(graph: Graph, mul: Node) -> None:
+def _bypass(graph: Graph, mul: Node, scores: str, const: str) -> None:
     """Remove ``mul``; its readers read the scores (now already scaled) instead."""
-    scores = mul.inputs[0] if mul.inputs[0] not in graph.constants else mul.inputs[1]
-    const = mul.inputs[1] if scores == mul.inputs[0] else mul.inputs[0]
     out = mul.outputs[0]
     for node in graph.nodes:
         node.inputs = [scores if v == out else v for v in node.inputs]
