@@ -16,28 +16,46 @@ import numpy as np
 from benchmarks.measure import pooled
 
 
-def _ort_session(path: Path) -> Any:
-    """Same session options as qexport's own files (exact U8U8 kernels on x86 without VNNI)."""
+def _ort_session(path: Path, defaults: bool = False) -> Any:
+    """Same session options as qexport's own files (no denormals; exact U8U8 kernels on x86
+    without VNNI), or onnxruntime's defaults (2 threads either way)."""
     import onnxruntime as ort
 
     from qexport.backends.onnx.backend import session_options
 
-    return ort.InferenceSession(str(path), session_options(), providers=["CPUExecutionProvider"])
+    options = session_options()
+    if defaults:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads, options.inter_op_num_threads = 2, 1
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def _run_ort(path: Path, held_out: dict[str, np.ndarray], one: dict[str, np.ndarray]) -> dict[str, Any]:
-    session = _ort_session(path)
+def _run_ort(
+    path: Path, held_out: dict[str, np.ndarray], one: dict[str, np.ndarray], defaults: bool = False
+) -> dict[str, Any]:
+    """``defaults``: onnxruntime's default session options, timed with denormals enabled on the
+    calling thread too (a qexport session creation turns them off there; see backends/onnx/cpu.py)."""
+    session = _ort_session(path, defaults)
     names = [i.name for i in session.get_inputs()]
     rows = []
     for start in range(0, len(held_out["input_ids"]), 8):
         feed = {n: held_out[n][start : start + 8].astype(np.int64) for n in names}
         rows.append(pooled(session.run(["last_hidden_state"], feed)[0], feed["attention_mask"]))
     feed1 = {n: one[n].astype(np.int64) for n in names}
-    return {
-        "bytes": path.stat().st_size,
-        "call": lambda: session.run(None, feed1),
-        "pooled": np.concatenate(rows),
-    }
+
+    def call() -> Any:
+        if not defaults:
+            return session.run(None, feed1)
+        import torch
+
+        flushing = float(np.float32(1e-39) * np.float32(1.0)) == 0.0  # this thread's FTZ/DAZ state
+        torch.set_flush_denormal(False)
+        try:
+            return session.run(None, feed1)
+        finally:
+            torch.set_flush_denormal(flushing)
+
+    return {"bytes": path.stat().st_size, "call": call, "pooled": np.concatenate(rows)}
 
 
 def ort_dynamic(fp32_onnx: Path, work: Path, held_out, one, per_channel: bool) -> dict[str, Any]:

@@ -28,7 +28,7 @@ def backend():
 def int8_onnx(minilm_int8, backend, tmp_path_factory):
     path = tmp_path_factory.mktemp("onnx") / "model.onnx"
     facts = backend.lower(minilm_int8, path)
-    assert facts["opset"] == 21
+    assert facts["opset"] == 23
     return path
 
 
@@ -150,6 +150,6 @@ def test_cli_writes_onnx_with_manifest(tiny_model_dirs, tmp_path):
     assert result.returncode == 0, result.stderr
     manifest = json.loads((out / "manifest.json").read_text())
     (artifact,) = manifest["artifacts"]
-    assert artifact["backend"] == "onnx" and artifact["file"] == "model.onnx" and artifact["opset"] == 21
+    assert artifact["backend"] == "onnx" and artifact["file"] == "model.onnx" and artifact["opset"] == 23
     assert artifact["bytes"] == (out / "model.onnx").stat().st_size
     assert (out / "manifest.json").is_file() and not (out / "parity.json").exists()

@@ -8,17 +8,25 @@ from typing import Any
 import numpy as np
 
 from qexport.atomic import write_bytes
-from qexport.backends.onnx.cpu import EXACT_U8U8, exact_session_config
+from qexport.backends.onnx.cpu import EXACT_U8U8, NO_DENORMALS, session_config
 from qexport.errors import QExportError
 from qexport.ir.graph import Graph, QuantSpec
 from qexport.ir.ops import Op
 
-OPSET = 21  # int16 QuantizeLinear/DequantizeLinear and per-axis int8 QDQ need opset >= 21
+# 21: int16 and per-axis int8 QuantizeLinear/DequantizeLinear; 23: the Attention op
+# (backends/onnx/attention.py). IR version 11 is the one opset 23 came with (onnx 1.18).
+OPSET = 23
+IR_VERSION = 11
 PRODUCER = "qexport"
 PRECISION_NOTE = (
     "onnx: on x86 CPUs without VNNI (AVX2-only) create the onnxruntime session with "
     "SessionOptions.add_session_config_entry('session.x64quantprecision', '1'); without it "
     "onnxruntime's U8S8 kernels saturate and the int8 Linears lose accuracy (docs/backend-onnx.md)"
+)
+SPEED_NOTE = (
+    "onnx: create the onnxruntime session with SessionOptions.add_session_config_entry("
+    "'session.set_denormal_as_zero', '1'): softmax over padded positions otherwise runs on "
+    "denormals (MiniLM int8 ~25 % slower, same outputs; docs/backend-onnx.md)"
 )
 _LAZY = {"Linear": 1, "Gather": 0}  # inputs whose layout the op's own lowering decides
 
@@ -26,6 +34,11 @@ _LAZY = {"Linear": 1, "Gather": 0}  # inputs whose layout the op's own lowering 
 class OnnxBackend:
     name = "onnx"
     suffix = ".onnx"
+
+    def __init__(self, fuse_attention: bool = True) -> None:
+        # False: attention stays ~13 separate ops, for tools that cannot read the opset-23
+        # Attention op (onnxruntime's quantize_dynamic mistakes it for com.microsoft.Attention).
+        self.fuse_attention = fuse_attention
 
     def check(self, graph: Graph) -> None:
         from qexport.backends import check_lowerable
@@ -38,12 +51,17 @@ class OnnxBackend:
         from onnx import helper
 
         from qexport import __version__
+        from qexport.backends.onnx.attention import find_attention, lower_attention
         from qexport.backends.onnx.builder import OnnxBuilder
         from qexport.backends.onnx.lowering import _ONNX_DTYPES, LOWERINGS
 
         self.check(graph)
         b = OnnxBuilder(graph)
+        islands = {m.covered[-1]: m for m in (find_attention(graph) if self.fuse_attention else [])}
+        inside = {name for m in islands.values() for name in m.covered[:-1]}
         for node in graph.nodes:
+            if node.name in inside:
+                continue  # computed by the island's Attention node, emitted at its last node
             # Linear weights are laid out by lower_linear itself (transposed), not resolved here.
             xs = [
                 ""
@@ -54,7 +72,10 @@ class OnnxBackend:
             out = node.outputs[0]
             spec = graph.quant.get(out)
             produced = f"{out}_float" if spec is not None else out
-            LOWERINGS[node.op](b, node, xs, produced)
+            if node.name in islands:
+                lower_attention(b, islands[node.name], produced)
+            else:
+                LOWERINGS[node.op](b, node, xs, produced)
             if spec is not None and spec.dynamic:
                 _dynamic_fake_quant(b, out, produced, spec)
             elif spec is not None:
@@ -78,7 +99,7 @@ class OnnxBackend:
         # make_graph + make_model would hold three copies of every weight (BERT-large: +1 GB).
         for name in list(b.initializers):
             model.graph.initializer.append(b.initializers.pop(name))
-        model.ir_version = 10
+        model.ir_version = IR_VERSION
         recipe = graph.metadata.get("recipe", {})
         helper.set_model_props(model, {"qexport.recipe": str(recipe.get("name", recipe))})
         return model
@@ -99,8 +120,11 @@ class OnnxBackend:
         write_bytes(Path(path), data)
         facts: dict[str, Any] = {"opset": OPSET, "ir_version": ir_version}
         notes = slow_path_notes(graph)
+        if any(node.op is Op.SOFTMAX for node in graph.nodes):
+            notes.append(SPEED_NOTE)
         if any(node.op.value == "Linear" and node.inputs[1] in graph.quant for node in graph.nodes):
             notes.append(PRECISION_NOTE)
+        facts["session_config"] = NO_DENORMALS
         facts["session_config_x86_without_vnni"] = EXACT_U8U8
         if notes:
             facts["notes"] = notes
@@ -132,7 +156,7 @@ def session_options(threads: int = 2, optimize: bool = True) -> Any:
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
-    for key, value in exact_session_config().items():
+    for key, value in session_config().items():
         options.add_session_config_entry(key, value)
     if not optimize:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
