@@ -7,6 +7,7 @@ failure with its error instead of dropping the row.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from pathlib import Path
 from typing import Any
@@ -21,39 +22,35 @@ def _ort_session(path: Path, defaults: bool = False) -> Any:
     without VNNI), or onnxruntime's defaults (2 threads either way)."""
     import onnxruntime as ort
 
-    from qexport.backends.onnx.backend import session_options
+    from qexport.backends.onnx.backend import new_session, session_options
 
     options = session_options()
     if defaults:
         options = ort.SessionOptions()
         options.intra_op_num_threads, options.inter_op_num_threads = 2, 1
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return new_session(str(path), options)
 
 
 def _run_ort(
     path: Path, held_out: dict[str, np.ndarray], one: dict[str, np.ndarray], defaults: bool = False
 ) -> dict[str, Any]:
-    """``defaults``: onnxruntime's default session options, timed with denormals enabled on the
-    calling thread too (a qexport session creation turns them off there; see backends/onnx/cpu.py)."""
+    """Run like qexport's ``OnnxBackend.run`` (denormals flushed on the calling thread while
+    onnxruntime runs), or with ``defaults`` exactly as a plain onnxruntime user would."""
+    from qexport.backends.onnx.cpu import flush_denormals
+
     session = _ort_session(path, defaults)
     names = [i.name for i in session.get_inputs()]
+    mode = contextlib.nullcontext if defaults else flush_denormals
     rows = []
     for start in range(0, len(held_out["input_ids"]), 8):
         feed = {n: held_out[n][start : start + 8].astype(np.int64) for n in names}
-        rows.append(pooled(session.run(["last_hidden_state"], feed)[0], feed["attention_mask"]))
+        with mode():
+            rows.append(pooled(session.run(["last_hidden_state"], feed)[0], feed["attention_mask"]))
     feed1 = {n: one[n].astype(np.int64) for n in names}
 
     def call() -> Any:
-        if not defaults:
+        with mode():
             return session.run(None, feed1)
-        import torch
-
-        flushing = float(np.float32(1e-39) * np.float32(1.0)) == 0.0  # this thread's FTZ/DAZ state
-        torch.set_flush_denormal(False)
-        try:
-            return session.run(None, feed1)
-        finally:
-            torch.set_flush_denormal(flushing)
 
     return {"bytes": path.stat().st_size, "call": call, "pooled": np.concatenate(rows)}
 

@@ -25,6 +25,7 @@ import numpy as np
 
 from benchmarks import peers
 from benchmarks.measure import interleaved_latency, parity, peak_rss_mb, pooled, ratio
+from benchmarks.noise_floor import float_ulp_floor
 from qexport.backends.onnx.backend import OnnxBackend
 from qexport.backends.onnx.cpu import cpuinfo, session_config
 
@@ -118,6 +119,21 @@ def main() -> None:
         "seconds": round(time.perf_counter() - t, 2),
         "peak_rss_mb": peak_rss_mb(),
     }
+
+    def ir_pooled(q: Any) -> np.ndarray:
+        return np.concatenate(
+            [
+                pooled(
+                    qexport.run_reference(q, {k: v[s : s + 8] for k, v in held_out.items()})[
+                        "last_hidden_state"
+                    ],
+                    held_out["attention_mask"][s : s + 8],
+                )
+                for s in range(0, 200, 8)
+            ]
+        )
+
+    result["ir_ulp_floor_db"] = {}
     backend = get("onnx")
     for recipe in ("fp32", "int8", "int8-full", "dynamic", "int8-mixed"):
         t = time.perf_counter()
@@ -136,17 +152,9 @@ def main() -> None:
             "peak_rss_mb": peak_rss_mb(),
         }
         run = peers._run_ort(path, held_out, one)
-        sim = np.concatenate(
-            [
-                pooled(
-                    qexport.run_reference(q, {k: v[s : s + 8] for k, v in held_out.items()})[
-                        "last_hidden_state"
-                    ],
-                    held_out["attention_mask"][s : s + 8],
-                )
-                for s in range(0, 200, 8)
-            ]
-        )
+        sim = ir_pooled(q)
+        if recipe in ("int8", "dynamic"):
+            result["ir_ulp_floor_db"][recipe] = float_ulp_floor(q, ir_pooled, parity)
         result["rows"].append(
             {
                 "tool": f"qexport {recipe}",
@@ -379,6 +387,14 @@ def to_markdown(result: dict[str, Any]) -> str:
             f"{r['cos_mean']:.4f} / {r['cos_min']:.4f} | "
             f"{r['sqnr_db']:.1f} | {r.get('sqnr_vs_ir_db', '')} |"
         )
+    floor = result.get("ir_ulp_floor_db") or {}
+    if floor:
+        figures = ", ".join(f"{k} {v} dB" for k, v in floor.items())
+        lines += [
+            "",
+            'Noise floor of "SQNR vs IR" (benchmarks/noise_floor.py): the IR run with about one ulp '
+            f"of noise on every LayerNorm, GELU, softmax and tanh output, vs the clean IR run: {figures}.",
+        ]
     lines += ["", "Pipeline cost (this run):", "", "| step | seconds | peak RSS MB |", "|---|---|---|"]
     for step, v in result["pipeline"].items():
         lines.append(f"| {step} | {v['seconds']} | {v['peak_rss_mb']} |")

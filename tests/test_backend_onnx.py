@@ -28,7 +28,7 @@ def backend():
 def int8_onnx(minilm_int8, backend, tmp_path_factory):
     path = tmp_path_factory.mktemp("onnx") / "model.onnx"
     facts = backend.lower(minilm_int8, path)
-    assert facts["opset"] == 23
+    assert facts["opset"] == 23 and facts["session_config"] == {"session.set_denormal_as_zero": "1"}
     return path
 
 
@@ -153,3 +153,20 @@ def test_cli_writes_onnx_with_manifest(tiny_model_dirs, tmp_path):
     assert artifact["backend"] == "onnx" and artifact["file"] == "model.onnx" and artifact["opset"] == 23
     assert artifact["bytes"] == (out / "model.onnx").stat().st_size
     assert (out / "manifest.json").is_file() and not (out / "parity.json").exists()
+
+
+def test_sessions_leave_the_callers_float_state_alone(int8_onnx, backend, docstring_texts):
+    """onnxruntime's set_denormal_as_zero turns FTZ/DAZ on for good in the thread creating the
+    session; qexport's sessions hand the thread back as they found it (backends/onnx/cpu.py)."""
+    from qexport.backends.onnx.cpu import NO_DENORMALS, flushing_denormals
+
+    assert not flushing_denormals()
+    session = backend.session(int8_onnx)
+    inputs = {k: v[:1] for k, v in docstring_texts[1].items()}
+    backend.run(int8_onnx, inputs, session=session)
+    assert not flushing_denormals()
+    assert np.float32(1e-39) * np.float32(2.0) > 0  # numpy still sees subnormals here
+    assert (
+        session.get_session_options().get_session_config_entry("session.set_denormal_as_zero")
+        == NO_DENORMALS["session.set_denormal_as_zero"]
+    )

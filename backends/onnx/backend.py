@@ -8,7 +8,13 @@ from typing import Any
 import numpy as np
 
 from qexport.atomic import write_bytes
-from qexport.backends.onnx.cpu import EXACT_U8U8, NO_DENORMALS, session_config
+from qexport.backends.onnx.cpu import (
+    EXACT_U8U8,
+    NO_DENORMALS,
+    flush_denormals,
+    own_float_state,
+    session_config,
+)
 from qexport.errors import QExportError
 from qexport.ir.graph import Graph, QuantSpec
 from qexport.ir.ops import Op
@@ -131,11 +137,8 @@ class OnnxBackend:
         return facts
 
     def session(self, path: Path, *, threads: int = 2, optimize: bool = True) -> Any:
-        import onnxruntime as ort
 
-        return ort.InferenceSession(
-            str(path), session_options(threads, optimize), providers=["CPUExecutionProvider"]
-        )
+        return new_session(str(path), session_options(threads, optimize))
 
     def run_intermediates(self, path: Path, inputs: dict[str, Any], names: list[str]) -> dict[str, Any]:
         """Named intermediate tensors (IR value names) for the bisector."""
@@ -145,7 +148,16 @@ class OnnxBackend:
         sess = session or self.session(path)
         feed = {i.name: np.asarray(inputs[i.name]).astype(np.int64) for i in sess.get_inputs()}
         names = [o.name for o in sess.get_outputs()]
-        return dict(zip(names, sess.run(names, feed), strict=True))
+        with flush_denormals():
+            return dict(zip(names, sess.run(names, feed), strict=True))
+
+
+def new_session(model: str | bytes, options: Any) -> Any:
+    """An onnxruntime CPU session that leaves this thread's float state as it found it."""
+    import onnxruntime as ort
+
+    with own_float_state():
+        return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
 
 def session_options(threads: int = 2, optimize: bool = True) -> Any:
@@ -194,7 +206,6 @@ def slow_path_notes(graph: Graph) -> list[str]:
 def run_intermediates(path: Path, inputs: dict[str, Any], names: list[str]) -> dict[str, Any]:
     """Run with every IR value in ``names`` that the ONNX graph carries exposed as an output."""
     import onnx
-    import onnxruntime as ort
 
     model = onnx.load(str(path))
     produced = {o for node in model.graph.node for o in node.output}
@@ -202,11 +213,10 @@ def run_intermediates(path: Path, inputs: dict[str, Any], names: list[str]) -> d
     wanted = [n for n in names if n in produced and n not in existing]
     for name in wanted:
         model.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
-    session = ort.InferenceSession(
-        model.SerializeToString(), session_options(), providers=["CPUExecutionProvider"]
-    )
+    session = new_session(model.SerializeToString(), session_options())
     feed = {i.name: np.asarray(inputs[i.name]).astype(np.int64) for i in session.get_inputs()}
-    return dict(zip(wanted, session.run(wanted, feed), strict=True))
+    with flush_denormals():
+        return dict(zip(wanted, session.run(wanted, feed), strict=True))
 
 
 def _resolve(b: Any, graph: Graph, name: str) -> str:

@@ -5,7 +5,11 @@ exp(score + mask) with a huge negative mask; MLAS clamps the argument at its low
 lands on float32 denormals, which x86 cores process ~100x slower. On MiniLM at seq 128 with
 real (padded) sentences the option made the int8 file 0.72-0.78x and the fp32 file 0.89x of
 their default-option latency, with bit-identical outputs (measured 2026-12-03, AMX Xeon).
-onnxruntime sets it on its pool threads and on the thread that creates the session.
+onnxruntime sets it on its pool threads and, for good, on the thread that creates the session,
+which changes numpy's and torch's arithmetic in that thread too (hypothesis refuses to run).
+So qexport creates sessions inside ``own_float_state`` (the creating thread gets its state
+back) and runs them inside ``flush_denormals`` (the calling thread, which does half the work
+with 2 intra-op threads, flushes only while onnxruntime runs).
 
 Exactness, x86 without VNNI only:
 
@@ -22,8 +26,12 @@ the CPU needs it. See docs/backend-onnx.md, "x86 without VNNI".
 from __future__ import annotations
 
 import platform
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
+
+import numpy as np
 
 EXACT_U8U8 = {"session.x64quantprecision": "1"}
 NO_DENORMALS = {"session.set_denormal_as_zero": "1"}
@@ -69,3 +77,30 @@ def exact_session_config() -> dict[str, str]:
 def session_config() -> dict[str, str]:
     """Every session config entry qexport sets: no denormals, plus exact U8U8 where needed."""
     return {**NO_DENORMALS, **exact_session_config()}
+
+
+def flushing_denormals() -> bool:
+    """Whether this thread flushes denormals now (FTZ or DAZ set)."""
+    return float(np.float32(1e-39) * np.float32(1.0)) == 0.0
+
+
+@contextmanager
+def own_float_state() -> Iterator[None]:
+    """This thread's denormal mode as it was before the block, whatever the block set."""
+    import torch  # sets and clears FTZ + DAZ together on x86 and ARM
+
+    before = flushing_denormals()
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(before)
+
+
+@contextmanager
+def flush_denormals() -> Iterator[None]:
+    """FTZ + DAZ on this thread for the block only."""
+    import torch
+
+    with own_float_state():
+        torch.set_flush_denormal(True)
+        yield
