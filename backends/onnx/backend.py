@@ -57,9 +57,10 @@ class OnnxBackend:
         from onnx import helper
 
         from qexport import __version__
-        from qexport.backends.onnx.attention import find_attention, lower_attention
+        from qexport.backends.onnx.attention import lower_attention
         from qexport.backends.onnx.builder import OnnxBuilder
         from qexport.backends.onnx.lowering import _ONNX_DTYPES, LOWERINGS
+        from qexport.ir.attention import find_attention
 
         self.check(graph)
         b = OnnxBuilder(graph)
