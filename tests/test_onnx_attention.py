@@ -43,11 +43,12 @@ def test_each_architecture_fuses_and_matches_the_reference(tiny_model_dirs, tmp_
     assert _op_counts(tmp_path / "m.onnx").get("Attention") == 2
     rng = np.random.default_rng(0)
     inputs = {
-        "input_ids": rng.integers(0, 500, (3, 16)),
-        "attention_mask": np.array([[1] * 16, [1] * 9 + [0] * 7, [1] * 3 + [0] * 13]),
+        "input_ids": rng.integers(0, 500, (4, 16)),
+        # the last row masks every key: onnxruntime's kernel needs the mask floored (attention.py)
+        "attention_mask": np.array([[1] * 16, [1] * 9 + [0] * 7, [1] * 3 + [0] * 13, [0] * 16]),
     }
     if "token_type_ids" in graph.inputs:
-        inputs["token_type_ids"] = np.zeros((3, 16), np.int64)
+        inputs["token_type_ids"] = np.zeros((4, 16), np.int64)
     ours = get("onnx").run(tmp_path / "m.onnx", inputs)["last_hidden_state"]
     ref = qexport.run_reference(graph, inputs)["last_hidden_state"]
     assert np.abs(ours - ref).max() < 1e-4

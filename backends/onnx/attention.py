@@ -35,14 +35,22 @@ def lower_attention(b: OnnxBuilder, match: AttentionMatch, out: str) -> None:
 
 
 def _query_rows_mask(b: OnnxBuilder, match: AttentionMatch) -> str:
-    """The mask with one row per query: onnxruntime's CPU Attention does not broadcast a
-    [b, 1, 1, s] mask over the query dim. Expanded once and shared by every layer."""
+    """The mask as onnxruntime's CPU Attention needs it, made once and shared by every layer.
+
+    - Floored at -1e30: with float32.min in the mask, a row whose keys are all masked comes out
+      neither uniform nor unmasked (measured on onnxruntime 1.31; -1e9 and -1e30 give the uniform
+      softmax that the separate ops, torch and the IR give). Anywhere a row has a real key,
+      exp(-1e30 + s - max) and exp(float32.min + s - max) are both exactly 0: same outputs.
+    - One row per query: the kernel does not broadcast a [b, 1, 1, s] mask over the query dim.
+    """
     mask = str(match.mask)
+    key = f"{mask}_attention"
+    if key in b.cache:
+        return b.cache[key]
     info = b.graph.values.get(mask) or b.graph.inputs[mask]
-    seq = b.graph.values[match.query].shape[1]
-    if info.shape[2] != 1:
-        return mask
-    key = f"{mask}_query_rows"
-    if key not in b.cache:
-        b.cache[key] = b.node("Expand", [mask, shape_tensor(b, [1, 1, seq, 1])], key)
-    return b.cache[key]
+    floored = b.node("Max", [mask, b.const(np.array(-1e30, np.float32))], f"{mask}_floored")
+    if info.shape[2] == 1:
+        seq = b.graph.values[match.query].shape[1]
+        floored = b.node("Expand", [floored, shape_tensor(b, [1, 1, seq, 1])], f"{mask}_query_rows")
+    b.cache[key] = floored
+    return floored
