@@ -48,10 +48,13 @@ def ulp_noise(seed: int = 0, ops: tuple[Op, ...] = FLOAT_ISLANDS) -> Iterator[No
 
 
 def float_ulp_floor(
-    graph: Graph, run_pooled: Callable[[Graph], np.ndarray], parity: Callable[..., dict[str, float]]
+    graph: Graph,
+    clean: np.ndarray,
+    run_pooled: Callable[[Graph], np.ndarray],
+    parity: Callable[..., dict[str, float]],
 ) -> float:
-    """SQNR (dB) of the IR run with one-ulp float-island noise against the clean IR run."""
-    clean = run_pooled(graph)
+    """SQNR (dB) of the IR run with one-ulp float-island noise against ``clean``, the clean IR
+    run's pooled outputs (the caller has them already)."""
     with ulp_noise():
         noisy = run_pooled(graph)
     return parity(noisy, clean)["sqnr_db"]

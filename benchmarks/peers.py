@@ -24,10 +24,10 @@ def _ort_session(path: Path, defaults: bool = False) -> Any:
 
     from qexport.backends.onnx.backend import new_session, session_options
 
-    options = session_options()
-    if defaults:
-        options = ort.SessionOptions()
-        options.intra_op_num_threads, options.inter_op_num_threads = 2, 1
+    if not defaults:
+        return new_session(str(path), session_options())
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = 2, 1
     return new_session(str(path), options)
 
 

@@ -154,7 +154,7 @@ def main() -> None:
         run = peers._run_ort(path, held_out, one)
         sim = ir_pooled(q)
         if recipe in ("int8", "dynamic"):
-            result["ir_ulp_floor_db"][recipe] = float_ulp_floor(q, ir_pooled, parity)
+            result["ir_ulp_floor_db"][recipe] = float_ulp_floor(q, sim, ir_pooled, parity)
         result["rows"].append(
             {
                 "tool": f"qexport {recipe}",
