@@ -26,8 +26,10 @@ import numpy as np
 from benchmarks import peers
 from benchmarks.measure import interleaved_latency, parity, peak_rss_mb, pooled, ratio
 from benchmarks.noise_floor import float_ulp_floor
+from qexport.backends.cpu import cpuinfo
 from qexport.backends.onnx.backend import OnnxBackend
-from qexport.backends.onnx.cpu import cpuinfo, session_config
+from qexport.backends.onnx.cpu import session_config
+from qexport.backends.torch.backend import resolve_gemm
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -72,6 +74,7 @@ def main() -> None:
         "machine": platform.processor() or platform.machine(),
         "cpu": cpu_description(),
         "ort_session_config": session_config(),
+        "torch_gemm": resolve_gemm("auto"),
         "threads": 2,
         "batch": 1,
         "seq": 128,
@@ -372,7 +375,8 @@ def to_markdown(result: dict[str, Any]) -> str:
         f"all-MiniLM-L6-v2 · batch {result['batch']} · seq {result['seq']} · {result['threads']} threads · "
         f"parity on {result['held_out']} held-out sentences vs torch fp32 (mean-pooled)",
         f"CPU: {result.get('cpu', result['machine'])}; onnxruntime session config (every ORT row, "
-        f"peers too, unless it says default options): {result.get('ort_session_config') or 'defaults'}",
+        f"peers too, unless it says default options): {result.get('ort_session_config') or 'defaults'}; "
+        f"torch .pt2 integer GEMMs: {result.get('torch_gemm', 'int8')} (--torch-gemm auto on this CPU)",
         "",
         "| tool | runtime | MB | × fp32 size | latency ms | × same runtime fp32 | × fastest int8 peer | cosine mean / min | SQNR dB | SQNR vs IR dB |",
         "|---|---|---|---|---|---|---|---|---|---|",

@@ -130,6 +130,15 @@ def convert_cmd(
             "ops, unless the recipe quantizes every op).",
         ),
     ] = False,
+    torch_gemm: Annotated[
+        str,
+        typer.Option(
+            "--torch-gemm",
+            help="torch: how integer Linears multiply. int8 = torch._int_mm (fast on x86 with AVX-512 "
+            "VNNI or AMX, a slow scalar loop elsewhere); float = float32 matmuls of the same integers "
+            "(same results, fp32 speed, any CPU); auto = int8 if this CPU has VNNI, else float.",
+        ),
+    ] = "auto",
     check: Annotated[
         bool,
         typer.Option(
@@ -149,6 +158,7 @@ def convert_cmd(
         config=config,
         trust_pickle=trust_pickle,
         integer_io=integer_io,
+        torch_gemm=torch_gemm,
     )
     if trust_pickle:
         console.print("[yellow]warning:[/] --trust-pickle: unpickling runs code from the model file")

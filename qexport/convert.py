@@ -34,6 +34,7 @@ class ConvertOptions:
     config: Path | None = None
     trust_pickle: bool = False
     integer_io: bool = False  # TFLite: integer model inputs/outputs (full-integer graphs only)
+    torch_gemm: str = "auto"  # torch: int8 (torch._int_mm), float, or auto (this CPU decides)
 
 
 def sha256_file(path: Path) -> str:
@@ -65,6 +66,8 @@ def _validate(src: str | Path, opts: ConvertOptions) -> None:
             raise UsageError(f"{flag} {path}: no such file or directory")
     if opts.seq_len < 1:
         raise UsageError(f"--seq-len must be at least 1, got {opts.seq_len}")
+    if opts.torch_gemm not in ("auto", "int8", "float"):
+        raise UsageError(f"--torch-gemm must be auto, int8 or float, got {opts.torch_gemm!r}")
 
 
 def convert(src: str | Path, out: Path, opts: ConvertOptions, step: Step | None = None) -> dict[str, Any]:
@@ -76,9 +79,13 @@ def convert(src: str | Path, out: Path, opts: ConvertOptions, step: Step | None 
     targets = [backends.get(name) for name in opts.to]
     if opts.integer_io and "tflite" not in opts.to:
         raise UsageError("--integer-io applies to the tflite backend; add tflite to --to")
+    if opts.torch_gemm != "auto" and "torch" not in opts.to:
+        raise UsageError("--torch-gemm applies to the torch backend; add torch to --to")
     for backend in targets:
         if hasattr(backend, "integer_io"):
             backend.integer_io = opts.integer_io
+        if backend.name == "torch" and hasattr(backend, "gemm"):
+            backend.gemm = opts.torch_gemm
     with StagedOutput(out) as stage:
         with step("capturing the model with torch.export"):
             captured = capture_source(

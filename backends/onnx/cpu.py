@@ -25,33 +25,16 @@ the CPU needs it. See docs/backend-onnx.md, "x86 without VNNI".
 
 from __future__ import annotations
 
-import platform
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import cache
-from pathlib import Path
 
 import numpy as np
 
+from qexport.backends.cpu import VNNI_FLAGS, cpu_flags, is_x86
+
 EXACT_U8U8 = {"session.x64quantprecision": "1"}
 NO_DENORMALS = {"session.set_denormal_as_zero": "1"}
-_VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
-
-
-@cache
-def cpuinfo() -> dict[str, str] | None:
-    """The first processor's ``key: value`` lines of /proc/cpuinfo, or None where it cannot be read."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return None
-    fields: dict[str, str] = {}
-    for line in text.splitlines():
-        if not line.strip():
-            break  # one processor is enough: every core reports the same model and flags
-        key, _, value = line.partition(":")
-        fields.setdefault(key.strip(), value.strip())
-    return fields
 
 
 @cache
@@ -60,13 +43,10 @@ def int8_dot_saturates() -> bool:
 
     Reads /proc/cpuinfo on Linux; on another x86 OS, where flags cannot be read here, it
     assumes the worst (exact and slower beats fast and wrong)."""
-    if platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686", "x86"):
+    if not is_x86():
         return False
-    info = cpuinfo()
-    if info is None:
-        return True
-    flags = info.get("flags", "").split()
-    return not any(flag in flags for flag in _VNNI_FLAGS)
+    flags = cpu_flags()
+    return flags is None or not any(flag in flags for flag in VNNI_FLAGS)
 
 
 def exact_session_config() -> dict[str, str]:

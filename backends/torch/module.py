@@ -7,6 +7,10 @@ Integer paths (why the exported program is faster than fp32):
   ``(q - zp) @ W = (q - 128) @ W - (zp - 128) * rowsum(W)``;
 - a dynamic (per-token) spec quantizes each row to int8 at run time, then ``_int_mm`` too;
 - anything else (int16 islands, float Linears) dequantizes the weight and runs float.
+
+``gemm="float"`` computes the same integer sums with a float32 matmul of the integer values
+(the int8 weight widened per call): exact while every partial sum stays below 2**24, and the
+only fast choice on CPUs where ``_int_mm`` has no int8 kernel (docs/backend-torch.md).
 """
 
 from __future__ import annotations
@@ -30,10 +34,17 @@ def _spec_tensors(spec: QuantSpec) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.from_numpy(spec.scale.copy()), torch.from_numpy(spec.zero_point.copy())
 
 
+GEMMS = ("int8", "float")
+"""How integer Linears multiply: ``torch._int_mm`` on int8, or a float32 matmul of the integers."""
+
+
 class IRModule(torch.nn.Module):
-    def __init__(self, graph: Graph) -> None:
+    def __init__(self, graph: Graph, gemm: str = "int8") -> None:
         super().__init__()
+        if gemm not in GEMMS:
+            raise ValueError(f"gemm must be one of {GEMMS}, got {gemm!r}")
         self.graph = graph
+        self.gemm = gemm
         self.buffer_of: dict[str, str] = {}
         consumers = graph.consumers()
         integer = [n for n in graph.nodes if n.op is Op.LINEAR and self._integer_linear(n)]
@@ -157,7 +168,7 @@ class IRModule(torch.nn.Module):
         spec = self.graph.quant[name]
         if spec.dynamic and not spec.symmetric:
             q, zero, scale = _asymmetric_rows(x, spec.axis)
-            return cast(cast(q, torch.int32) - zero, torch.float32) * scale
+            return (q - zero) * scale  # small integers: exact in float32
         if spec.dynamic:
             scale = self._dynamic_scale(x, spec)
             return torch.clamp(torch.round(x / scale), -spec.dtype.qmax, spec.dtype.qmax) * scale
@@ -186,6 +197,17 @@ class IRModule(torch.nn.Module):
             return cast(cast(rows, torch.int32) - zero[ids].unsqueeze(-1), torch.float32) * scale
         return cast(rows, torch.float32) * scale
 
+    def integers(self, q: torch.Tensor) -> torch.Tensor:
+        """Integer-valued float rows as the GEMM reads them: int8 for ``_int_mm``, else as they are."""
+        return cast(q, torch.int8) if self.gemm == "int8" else q
+
+    def matmul_integers(self, q: torch.Tensor, w_name: str) -> torch.Tensor:
+        """``q @ W`` summed exactly: int32 from ``_int_mm``, or integer-valued float32."""
+        weight = self.t(f"{w_name}/transposed")
+        if self.gemm == "int8":
+            return torch._int_mm(q, weight)
+        return torch.mm(q, cast(weight, torch.float32))
+
     def quantized_rows(self, x_name: str, x: torch.Tensor) -> tuple[torch.Tensor, Any]:
         """The int8 rows ``_int_mm`` reads for value ``x_name`` (and the per-row scales — with
         the zero points of an asymmetric one — of a dynamic spec). Computed once per value:
@@ -194,14 +216,14 @@ class IRModule(torch.nn.Module):
         rows = x.reshape(-1, x.shape[-1])
         if spec.dynamic and not spec.symmetric:
             q, zero, scale = _asymmetric_rows(rows, -1)
-            return q, (scale, zero)
+            return self.integers(q), (scale, zero)
         if spec.dynamic:
             scale = self._dynamic_scale(rows, QuantSpec(spec.dtype, spec.scale, spec.zero_point, -1, True))
-            return cast(torch.clamp(torch.round(rows / scale), -127, 127), torch.int8), scale
+            return self.integers(torch.clamp(torch.round(rows / scale), -127, 127)), scale
         shift = 128 if spec.dtype.value == "uint8" else 0
-        # round(x / s) + zp, clamped, minus the shift: the IR's integers, as int8
+        # round(x / s) + zp, clamped, minus the shift: the IR's integers
         q = torch.round(rows / self.t(f"{x_name}/scale")) + self.t(f"{x_name}/zp_shifted")
-        return cast(torch.clamp(q, spec.dtype.qmin - shift, spec.dtype.qmax - shift), torch.int8), None
+        return self.integers(torch.clamp(q, spec.dtype.qmin - shift, spec.dtype.qmax - shift)), None
 
     def linear(
         self,
@@ -218,8 +240,8 @@ class IRModule(torch.nn.Module):
         if x_name not in integers:
             integers[x_name] = self.quantized_rows(x_name, x)
         q, row_scale = integers[x_name]
-        acc = torch._int_mm(q, self.t(f"{w_name}/transposed"))
-        if isinstance(row_scale, tuple):  # asymmetric rows: remove zp * sum_k W[j, k] in int32
+        acc = self.matmul_integers(q, w_name)
+        if isinstance(row_scale, tuple):  # asymmetric rows: remove zp * sum_k W[j, k] in integers
             row_scale, zero = row_scale
             acc = acc - zero * self.t(f"{w_name}/colsum")
         if row_scale is not None:  # dynamic: per-token scale times per-channel weight scale
@@ -271,8 +293,8 @@ class IRModule(torch.nn.Module):
 
 
 def _asymmetric_rows(x: torch.Tensor, axis: int | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """XNNPACK's asymmetric int8 rule (``qexport.quant.arith.dynamic_params``): int8 values,
-    int32 zero points and float32 scales, per ``axis`` (kept as a size-1 dim) or per tensor."""
+    """XNNPACK's asymmetric int8 rule (``qexport.quant.arith.dynamic_params``): integer-valued
+    float values in [-128, 127], int32 zero points and float32 scales, per ``axis`` (kept as a size-1 dim) or per tensor."""
     # every op here is one kernel call in the exported program; the width trick (an all-equal
     # row divides 255 by 255: the rule's multiplier 1) saves two. amin + amax, not aminmax:
     # aminmax over the last dim measured 78 us per call against 11 us for amax
@@ -287,4 +309,4 @@ def _asymmetric_rows(x: torch.Tensor, axis: int | None) -> tuple[torch.Tensor, t
     zero = torch.where((-128.0 + low_s) + (127.0 + high_s) > 0, -128.0 - low_s, 127.0 - high_s)
     zero = torch.round(torch.clamp(zero, -128.0, 127.0))
     q = torch.clamp(torch.round(x * multiplier) + zero, -128.0, 127.0)
-    return cast(q, torch.int8), cast(zero, torch.int32), 1.0 / multiplier
+    return q, cast(zero, torch.int32), 1.0 / multiplier
