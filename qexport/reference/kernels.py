@@ -1,7 +1,10 @@
 """numpy implementation of every IR op — the golden semantics backends are compared against.
 
-One small function per op in ``KERNELS``. Float math is float32, except where noted: LayerNorm
-and Softmax reduce in float32 like torch's CPU kernels do.
+One small function per op in ``KERNELS``. Values are float32. An op that is one rounding in
+float32 (add, mul, div, sqrt, ...) is computed in float32; LayerNorm, Softmax and Gelu, which
+every runtime builds from several roundings and its own approximations, are computed in float64
+and rounded to float32 once: the exact result, so that what a backend differs by is its own
+float error alone (docs/ir.md, "Float semantics").
 """
 
 from __future__ import annotations
@@ -81,10 +84,10 @@ def layer_norm(xs, attrs, dims):
     x, w, b = ([*list(xs), None, None])[:3]
     assert x is not None
     axes = tuple(range(-int(attrs["num_axes"]), 0))
-    mean = x.mean(axis=axes, keepdims=True, dtype=np.float32)
-    centered = x - mean
-    var = np.mean(np.square(centered), axis=axes, keepdims=True, dtype=np.float32)
-    y = centered / np.sqrt(var + np.float32(attrs["eps"]))
+    wide = x.astype(np.float64)
+    centered = wide - wide.mean(axis=axes, keepdims=True)
+    var = np.mean(np.square(centered), axis=axes, keepdims=True)
+    y = centered / np.sqrt(var + float(np.float32(attrs["eps"])))  # eps as the float32 it is stored as
     if w is not None:
         y = y * w
     if b is not None:
@@ -108,7 +111,8 @@ def softmax(xs, attrs, dims):
     x = xs[0]
     assert x is not None
     axis = int(attrs["axis"])
-    e = np.exp(x - x.max(axis=axis, keepdims=True))
+    wide = x.astype(np.float64)
+    e = np.exp(wide - wide.max(axis=axis, keepdims=True))
     return _f32(e / e.sum(axis=axis, keepdims=True))
 
 
