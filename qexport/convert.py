@@ -66,8 +66,11 @@ def _validate(src: str | Path, opts: ConvertOptions) -> None:
             raise UsageError(f"{flag} {path}: no such file or directory")
     if opts.seq_len < 1:
         raise UsageError(f"--seq-len must be at least 1, got {opts.seq_len}")
-    if opts.torch_gemm not in ("auto", "int8", "float"):
-        raise UsageError(f"--torch-gemm must be auto, int8 or float, got {opts.torch_gemm!r}")
+    from qexport.backends.torch.backend import GEMM_CHOICES  # no torch import: names only
+
+    if opts.torch_gemm not in GEMM_CHOICES:
+        choices = f"{', '.join(GEMM_CHOICES[:-1])} or {GEMM_CHOICES[-1]}"
+        raise UsageError(f"--torch-gemm must be {choices}, got {opts.torch_gemm!r}")
 
 
 def convert(src: str | Path, out: Path, opts: ConvertOptions, step: Step | None = None) -> dict[str, Any]:

@@ -23,7 +23,7 @@ def int_mm_is_fast() -> bool:
 
     torch 2.13 runs it on oneDNN's int8 GEMM on x86 CPUs with AVX-512 VNNI (measured on a VNNI
     Xeon and an AMX Sapphire Rapids: 3.7-5.4x a float32 matmul); on an AVX2-only EPYC it is a
-    scalar loop, 47x *slower* than the float32 matmul of the same shape (oneDNN never called).
+    scalar loop, ~50x *slower* than the float32 matmul of the same shape (oneDNN never called).
     Elsewhere (AVX-VNNI without AVX-512, ARM) it is unmeasured, so the safe answer is no.
     """
     flags = cpu_flags() if is_x86() else None
