@@ -17,28 +17,33 @@ import numpy as np
 from benchmarks.measure import pooled
 
 
-def _ort_session(path: Path, defaults: bool = False) -> Any:
+def _ort_session(path: Path, defaults: bool = False, optimize: bool = True) -> Any:
     """Same session options as qexport's own files (no denormals; exact U8U8 kernels on x86
-    without VNNI), or onnxruntime's defaults (2 threads either way)."""
+    without VNNI), or onnxruntime's defaults (2 threads either way); ``optimize=False`` turns
+    onnxruntime's graph optimizations off."""
     import onnxruntime as ort
 
     from qexport.backends.onnx.backend import new_session, session_options
 
     if not defaults:
-        return new_session(str(path), session_options())
+        return new_session(str(path), session_options(optimize=optimize))
     options = ort.SessionOptions()
     options.intra_op_num_threads, options.inter_op_num_threads = 2, 1
     return new_session(str(path), options)
 
 
 def _run_ort(
-    path: Path, held_out: dict[str, np.ndarray], one: dict[str, np.ndarray], defaults: bool = False
+    path: Path,
+    held_out: dict[str, np.ndarray],
+    one: dict[str, np.ndarray],
+    defaults: bool = False,
+    optimize: bool = True,
 ) -> dict[str, Any]:
     """Run like qexport's ``OnnxBackend.run`` (denormals flushed on the calling thread while
     onnxruntime runs), or with ``defaults`` exactly as a plain onnxruntime user would."""
     from qexport.backends.onnx.cpu import flush_denormals
 
-    session = _ort_session(path, defaults)
+    session = _ort_session(path, defaults, optimize)
     names = [i.name for i in session.get_inputs()]
     mode = contextlib.nullcontext if defaults else flush_denormals
     rows = []

@@ -156,6 +156,13 @@ def main() -> None:
         }
         run = peers._run_ort(path, held_out, one)
         sim = ir_pooled(q)
+        if recipe == "int8":  # the same file with onnxruntime's graph optimizations off
+            unfused = peers._run_ort(path, held_out, one, optimize=False)
+            same = np.array_equal(unfused["pooled"], run["pooled"])  # SQNR inf: not valid JSON
+            result["onnx_int8_optimizations_off"] = {
+                "vs_optimized": "identical" if same else parity(unfused["pooled"], run["pooled"]),
+                "vs_ir": parity(unfused["pooled"], sim),
+            }
         if recipe in ("int8", "dynamic"):
             result["ir_ulp_floor_db"][recipe] = float_ulp_floor(q, sim, ir_pooled, parity)
         result["rows"].append(
@@ -370,6 +377,10 @@ def _check_seconds(steps: dict[str, dict[str, float]]) -> float | str:
     return round(sum(steps[k]["seconds"] for k in after), 1) if after else ""
 
 
+def _db(figures: dict[str, float] | str) -> str:
+    return figures if isinstance(figures, str) else f"SQNR {figures['sqnr_db']} dB"
+
+
 def to_markdown(result: dict[str, Any]) -> str:
     lines = [
         f"all-MiniLM-L6-v2 · batch {result['batch']} · seq {result['seq']} · {result['threads']} threads · "
@@ -398,6 +409,14 @@ def to_markdown(result: dict[str, Any]) -> str:
             "",
             'Noise floor of "SQNR vs IR" (benchmarks/noise_floor.py): the IR run with about one ulp '
             f"of noise on every LayerNorm, GELU, softmax and tanh output, vs the clean IR run: {figures}.",
+        ]
+    unfused = result.get("onnx_int8_optimizations_off")
+    if unfused:
+        lines += [
+            "",
+            "qexport int8 ONNX with onnxruntime's graph optimizations off (no QGemm fusion), same "
+            f"sentences: vs the optimized run {_db(unfused['vs_optimized'])}, "
+            f"vs the IR {_db(unfused['vs_ir'])}.",
         ]
     lines += ["", "Pipeline cost (this run):", "", "| step | seconds | peak RSS MB |", "|---|---|---|"]
     for step, v in result["pipeline"].items():

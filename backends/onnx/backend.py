@@ -92,6 +92,7 @@ class OnnxBackend:
             b.node("Identity", [value], public, name=f"output.{public}")
             info = graph.values[value]
             outputs.append(helper.make_tensor_value_info(public, _ONNX_DTYPES[info.dtype], list(info.shape)))
+        b.prune(set(graph.outputs))
         inputs = [
             helper.make_tensor_value_info(n, _ONNX_DTYPES[i.dtype], list(i.shape))
             for n, i in graph.inputs.items()

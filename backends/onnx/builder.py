@@ -85,3 +85,18 @@ class OnnxBuilder:
             **attrs,
         )
         self.node("DequantizeLinear", [q, scale, zero], value, name=f"{value}_dequantize", **attrs)
+
+    def prune(self, outputs: set[str]) -> None:
+        """Drop nodes whose results nothing reads, then initializers no node reads.
+
+        onnxruntime runs such nodes anyway. They appear where a lowering reads a quantized
+        value as integers (an exact Linear reads ``x_quantized``, not the dequantized ``x``).
+        """
+        while True:
+            read = outputs | {name for node in self.nodes for name in node.input}
+            kept = [node for node in self.nodes if any(o in read for o in node.output)]
+            if len(kept) == len(self.nodes):
+                break
+            self.nodes = kept
+        for name in [n for n in self.initializers if n not in read]:
+            del self.initializers[name]

@@ -90,27 +90,87 @@ def lower_gather(b, node, xs, out):
 @lowers(Op.LINEAR)
 def lower_linear(b, node, xs, out):
     """Gemm on [rows, K] with the weight stored transposed [K, M] (+ bias), reshaped around it
-    for 3-D inputs: onnxruntime fuses DQ(activation), DQ(weight, axis=1) and DQ(int32 bias)
-    into one QGemm (U8S8 integer kernel, float output). See docs/backend-onnx.md."""
+    for 3-D inputs. An integer Linear (static 8-bit input, int8 weight) multiplies integer-valued
+    floats and rescales after the Gemm, so that onnxruntime's fused QGemm and the unfused graph
+    give the same bits; anything else is a Gemm of dequantized values. See docs/backend-onnx.md.
+    """
     graph = b.graph
-    weight_name = node.inputs[1]
-    integers = graph.constants[weight_name]
-    spec = graph.quant.get(weight_name)
-    if spec is not None:
-        weight = b.dequantized_constant(weight_name, np.ascontiguousarray(integers.T), spec, axis=1)
+    x, w = node.inputs[0], node.inputs[1]
+    integers = graph.constants[w]
+    exact = _integer_linear_inputs(b, node)
+    if exact is not None:
+        operands, rescale, late_bias = exact
     else:
-        weight = b.initializer(weight_name, np.ascontiguousarray(integers.T))
-    bias = xs[2] if len(xs) > 2 else ""
-    in_info = graph.values.get(node.inputs[0]) or graph.inputs[node.inputs[0]]
-    out_shape = list(graph.values[node.outputs[0]].shape)
-    gemm_inputs = [xs[0], weight] + ([bias] if bias else [])
-    if len(in_info.shape) == 2:
-        b.node("Gemm", gemm_inputs, out, name=node.name)
-        return
-    rows = b.node("Reshape", [xs[0], b.const(np.array([-1, integers.shape[1]], np.int64))], f"{out}_rows")
-    gemm_inputs[0] = rows
-    product = b.node("Gemm", gemm_inputs, f"{out}_gemm", name=node.name)
-    b.node("Reshape", [product, shape_tensor(b, out_shape)], out, name=f"{node.name}_reshape")
+        spec = graph.quant.get(w)
+        transposed = np.ascontiguousarray(integers.T)
+        weight = (
+            b.dequantized_constant(w, transposed, spec, axis=1)
+            if spec is not None
+            else b.initializer(w, transposed)
+        )
+        operands, rescale, late_bias = [xs[0], weight] + ([xs[2]] if len(xs) > 2 and xs[2] else []), "", ""
+    in_shape = (graph.values.get(x) or graph.inputs[x]).shape
+    flat = len(in_shape) == 2
+    if not flat:
+        rows = b.const(np.array([-1, integers.shape[1]], np.int64))
+        operands[0] = b.node("Reshape", [operands[0], rows], f"{out}_rows")
+    steps = [("Gemm", node.name, operands)]
+    if rescale:
+        steps.append(("Mul", f"{node.name}_rescale", [rescale]))
+    if late_bias:
+        steps.append(("Add", f"{node.name}_bias", [late_bias]))
+    if not flat:
+        steps.append(
+            ("Reshape", f"{node.name}_reshape", [shape_tensor(b, list(graph.values[node.outputs[0]].shape))])
+        )
+    y = ""
+    for i, (op, name, inputs) in enumerate(steps):
+        result = out if i == len(steps) - 1 else f"{out}_{op.lower()}"
+        y = b.node(op, ([y] if y else []) + inputs, result, name=name)
+
+
+def _integer_linear_inputs(b: OnnxBuilder, node: Node) -> tuple[list[str], str, str] | None:
+    """Gemm operands as integer-valued floats, the rescale s_x·s_w, and a float bias to add
+    after it; None unless input and weight are integers the way the IR's exact Linear reads them.
+
+    A float32 Gemm of integers is exact while every partial sum stays below 2²⁴ (MiniLM's worst
+    case bound, 255 · Σ|q_w| + |q_b|, is 8.4 M): unfused, onnxruntime then computes the IR's
+    ``(acc + q_bias) · s_x·s_w`` bit for bit, and fused, QGemm with unit scales does the same.
+    """
+    graph = b.graph
+    x, w = node.inputs[0], node.inputs[1]
+    bias = node.inputs[2] if len(node.inputs) > 2 else ""
+    x_spec, w_spec, b_spec = graph.quant.get(x), graph.quant.get(w), graph.quant.get(bias)
+    if x_spec is None or w_spec is None or x in graph.inputs or x in graph.constants:
+        return None
+    if x_spec.dynamic or x_spec.axis is not None or x_spec.dtype.storage not in ("int8", "uint8"):
+        return None
+    if w_spec.dtype.storage != "int8" or w_spec.axis not in (0, None) or w_spec.zero_point.any():
+        return None
+    product = (x_spec.scale * w_spec.scale).astype(np.float32)
+    if b_spec is not None and (
+        b_spec.dtype.value != "int32"
+        or b_spec.scale.tobytes() != np.broadcast_to(product, b_spec.scale.shape).tobytes()
+    ):
+        return None  # a bias scale other than s_x·s_w: not the IR's exact Linear
+    one = b.const(np.array(1.0, np.float32))
+    x_int = b.cache.get(f"{x}:integers")
+    if x_int is None:  # Q, K and V read the same input: dequantize it once
+        x_int = b.node("DequantizeLinear", [f"{x}_quantized", one, f"{x}_zero_point"], f"{x}_integers")
+        b.cache[f"{x}:integers"] = x_int
+    w_q = b.initializer(f"{w}_quantized", np.ascontiguousarray(graph.constants[w].T))
+    # The weight's own all-zero zero point: onnxruntime rewrites int8 zero points to uint8 under
+    # the initializer's name (x64quantprecision), and one shared by several weights fails that.
+    w_zero = b.initializer(f"{w}_zero_point", w_spec.zero_point.astype(np.int8))
+    ones = b.const(np.ones(w_spec.zero_point.shape, np.float32))
+    operands = [x_int, b.node("DequantizeLinear", [w_q, ones, w_zero], f"{w}_integers", axis=1)]
+    if b_spec is not None:
+        b_q = b.initializer(f"{bias}_quantized", graph.constants[bias])
+        operands.append(b.node("DequantizeLinear", [b_q, one], f"{bias}_integers"))
+    x_scale, w_scale = b.initializer(f"{x}_scale", x_spec.scale), b.initializer(f"{w}_scale", w_spec.scale)
+    rescale = b.node("Mul", [x_scale, w_scale], f"{w}_rescale")
+    late_bias = b.initializer(bias, graph.constants[bias]) if bias and b_spec is None else ""
+    return operands, rescale, late_bias
 
 
 @lowers(Op.LAYER_NORM)
