@@ -139,11 +139,14 @@ def test_dynamic_recipe_lowers_and_agrees(minilm, backend, tmp_path, docstring_t
     facts = backend.lower(graph, tmp_path / "dyn.onnx")
     # no integer kernel in onnxruntime for per-token scales: the user is told which recipe is fast
     assert any("--recipe int8 is the fast ONNX recipe" in n for n in facts["notes"]), facts
+    # ...and how to keep onnxruntime from re-quantizing those float inputs to int8 (MatMulNBits)
+    assert facts["session_config"]["session.qdq_matmulnbits_accuracy_level"] == "1"
     inputs = {k: v[:4] for k, v in docstring_texts[1].items()}
     ours = backend.run(tmp_path / "dyn.onnx", inputs)["last_hidden_state"]
     ref = qexport.run_reference(graph, inputs)["last_hidden_state"]
-    # Per-token run-time scales: one-step rounding flips re-roll the noise (measured 24.4 dB).
-    assert masked_sqnr(ours, ref, inputs["attention_mask"]) >= 22.0
+    # Per-token run-time scales: one-step rounding flips re-roll the noise. Measured 31.2 dB with
+    # MatMulNBits in float, 27.5 with onnxruntime's default accuracy level 4.
+    assert masked_sqnr(ours, ref, inputs["attention_mask"]) >= 29.0
 
 
 def test_op_without_lowering_fails_before_writing(tiny_model_dirs, backend, tmp_path, monkeypatch):
