@@ -157,6 +157,7 @@ def main() -> None:
         run = peers._run_ort(path, held_out, one)
         sim = ir_pooled(q)
         if recipe == "int8":  # the same file with onnxruntime's graph optimizations off
+            int8_graph, int8_sim = q, sim
             unfused = peers._run_ort(path, held_out, one, optimize=False)
             same = np.array_equal(unfused["pooled"], run["pooled"])  # SQNR inf: not valid JSON
             result["onnx_int8_optimizations_off"] = {
@@ -226,6 +227,25 @@ def main() -> None:
             "bytes": run["bytes"],
             "_call": run["call"],
             **parity(run["pooled"], ref),
+        }
+    )
+    # The same int8 graph as plain QDQ: QGemm rescales in its kernel instead of a Mul after it,
+    # faster, but onnxruntime without graph optimizations then disagrees (docs/backend-onnx.md).
+    plain = work / "qexport_int8_plain_qdq.onnx"
+    OnnxBackend(integer_linears=False).lower(int8_graph, plain)
+    run = peers._run_ort(plain, held_out, one)
+    unfused = peers._run_ort(plain, held_out, one, optimize=False)
+    result["onnx_int8_plain_qdq_optimizations_off"] = {
+        "vs_optimized": parity(unfused["pooled"], run["pooled"])
+    }
+    result["rows"].append(
+        {
+            "tool": "qexport int8, plain QDQ Linears",
+            "runtime": "onnxruntime",
+            "bytes": run["bytes"],
+            "_call": run["call"],
+            **parity(run["pooled"], ref),
+            "sqnr_vs_ir_db": parity(run["pooled"], int8_sim)["sqnr_db"],
         }
     )
     for recipe in ("fp32", "int8"):  # what a user gets without qexport's session options
@@ -418,6 +438,12 @@ def to_markdown(result: dict[str, Any]) -> str:
             f"sentences: vs the optimized run {_db(unfused['vs_optimized'])}, "
             f"vs the IR {_db(unfused['vs_ir'])}.",
         ]
+    plain = result.get("onnx_int8_plain_qdq_optimizations_off")
+    if plain:
+        lines.append(
+            "The plain-QDQ int8 file (`OnnxBackend(integer_linears=False)`) with optimizations off vs "
+            f"on: {_db(plain['vs_optimized'])}."
+        )
     lines += ["", "Pipeline cost (this run):", "", "| step | seconds | peak RSS MB |", "|---|---|---|"]
     for step, v in result["pipeline"].items():
         lines.append(f"| {step} | {v['seconds']} | {v['peak_rss_mb']} |")

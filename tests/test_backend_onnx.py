@@ -120,6 +120,23 @@ def test_graph_optimizations_on_and_off_give_the_same_bits(int8_onnx, backend, m
         assert np.array_equal(on[name], off[name]), name
 
 
+def test_plain_qdq_linears_give_the_same_bits_when_fused(
+    int8_onnx, backend, minilm_int8, tmp_path, docstring_texts
+):
+    """OnnxBackend(integer_linears=False) keeps every scale inside the DequantizeLinears (the int32
+    bias's too); onnxruntime's QGemm then computes the same (acc + q_bias) · s_x·s_w."""
+    from qexport.backends.onnx.backend import OnnxBackend
+
+    plain = tmp_path / "plain.onnx"
+    OnnxBackend(integer_linears=False).lower(minilm_int8, plain)
+    model = onnx.load(str(plain))
+    assert not any(n.output[0].endswith("_integers") for n in model.graph.node)
+    assert "encoder.layer.0.attention.self.query.bias_scale" in {t.name for t in model.graph.initializer}
+    inputs = {k: v[:8] for k, v in docstring_texts[1].items()}
+    ours, theirs = backend.run(int8_onnx, inputs), backend.run(plain, inputs)
+    assert all(np.array_equal(ours[name], theirs[name]) for name in ours)
+
+
 def test_size_is_about_a_quarter_of_fp32(int8_onnx, minilm_dir):
     assert int8_onnx.stat().st_size <= 0.27 * (minilm_dir / "model.safetensors").stat().st_size
 

@@ -42,10 +42,14 @@ class OnnxBackend:
     name = "onnx"
     suffix = ".onnx"
 
-    def __init__(self, fuse_attention: bool = True) -> None:
+    def __init__(self, fuse_attention: bool = True, integer_linears: bool = True) -> None:
         # False: attention stays ~13 separate ops, for tools that cannot read the opset-23
         # Attention op (onnxruntime's quantize_dynamic mistakes it for com.microsoft.Attention).
         self.fuse_attention = fuse_attention
+        # False: integer Linears as plain QDQ (scales inside the DequantizeLinears). QGemm then
+        # rescales inside its kernel, ~5 % faster in onnxruntime, but a runtime that does not
+        # fuse rounds every product (38 dB from the fused result). See docs/backend-onnx.md.
+        self.integer_linears = integer_linears
 
     def check(self, graph: Graph) -> None:
         from qexport.backends import check_lowerable
@@ -64,7 +68,7 @@ class OnnxBackend:
         from qexport.ir.attention import find_attention
 
         self.check(graph)
-        b = OnnxBuilder(graph)
+        b = OnnxBuilder(graph, integer_linears=self.integer_linears)
         islands = {m.covered[-1]: m for m in (find_attention(graph) if self.fuse_attention else [])}
         inside = {name for m in islands.values() for name in m.covered[:-1]}
         for node in graph.nodes:

@@ -25,8 +25,9 @@ _Q_TYPES = {
 
 
 class OnnxBuilder:
-    def __init__(self, graph: Graph) -> None:
+    def __init__(self, graph: Graph, integer_linears: bool = True) -> None:
         self.graph = graph
+        self.integer_linears = integer_linears  # see OnnxBackend
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: dict[str, onnx.TensorProto] = {}
         self.cache: dict[str, str] = {}

@@ -140,6 +140,8 @@ def _integer_linear_inputs(b: OnnxBuilder, node: Node) -> tuple[list[str], str, 
     graph = b.graph
     x, w = node.inputs[0], node.inputs[1]
     bias = node.inputs[2] if len(node.inputs) > 2 else ""
+    if not b.integer_linears:
+        return None
     x_spec, w_spec, b_spec = graph.quant.get(x), graph.quant.get(w), graph.quant.get(bias)
     if x_spec is None or w_spec is None or x in graph.inputs or x in graph.constants:
         return None
