@@ -35,6 +35,7 @@ class ConvertOptions:
     trust_pickle: bool = False
     integer_io: bool = False  # TFLite: integer model inputs/outputs (full-integer graphs only)
     torch_gemm: str = "auto"  # torch: int8 (torch._int_mm), float, or auto (this CPU decides)
+    onnx_linears: str = "integer"  # onnx: integer (exact fused or not) or qdq (plain, faster fused)
 
 
 def sha256_file(path: Path) -> str:
@@ -71,6 +72,10 @@ def _validate(src: str | Path, opts: ConvertOptions) -> None:
     if opts.torch_gemm not in GEMM_CHOICES:
         choices = f"{', '.join(GEMM_CHOICES[:-1])} or {GEMM_CHOICES[-1]}"
         raise UsageError(f"--torch-gemm must be {choices}, got {opts.torch_gemm!r}")
+    from qexport.backends.onnx.backend import LINEAR_FORMS  # no onnx import: names only
+
+    if opts.onnx_linears not in LINEAR_FORMS:
+        raise UsageError(f"--onnx-linears must be {' or '.join(LINEAR_FORMS)}, got {opts.onnx_linears!r}")
 
 
 def convert(src: str | Path, out: Path, opts: ConvertOptions, step: Step | None = None) -> dict[str, Any]:
@@ -84,11 +89,15 @@ def convert(src: str | Path, out: Path, opts: ConvertOptions, step: Step | None 
         raise UsageError("--integer-io applies to the tflite backend; add tflite to --to")
     if opts.torch_gemm != "auto" and "torch" not in opts.to:
         raise UsageError("--torch-gemm applies to the torch backend; add torch to --to")
+    if opts.onnx_linears != "integer" and "onnx" not in opts.to:
+        raise UsageError("--onnx-linears applies to the onnx backend; add onnx to --to")
     for backend in targets:
         if hasattr(backend, "integer_io"):
             backend.integer_io = opts.integer_io
         if backend.name == "torch" and hasattr(backend, "gemm"):
             backend.gemm = opts.torch_gemm
+        if backend.name == "onnx" and hasattr(backend, "integer_linears"):
+            backend.integer_linears = opts.onnx_linears == "integer"
     with StagedOutput(out) as stage:
         with step("capturing the model with torch.export"):
             captured = capture_source(

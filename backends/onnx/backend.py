@@ -35,6 +35,8 @@ SPEED_NOTE = (
     "'session.set_denormal_as_zero', '1'): softmax over padded positions otherwise runs on "
     "denormals (MiniLM int8 ~25 % slower, same outputs; docs/backend-onnx.md)"
 )
+# How integer Linears are written (--onnx-linears; docs/backend-onnx.md, "Graph optimizations").
+LINEAR_FORMS = ("integer", "qdq")
 _LAZY = {"Linear": 1, "Gather": 0}  # inputs whose layout the op's own lowering decides
 
 
@@ -131,7 +133,11 @@ class OnnxBackend:
                 f"onnx backend produced an invalid model: {str(exc).splitlines()[0]}"
             ) from None
         write_bytes(Path(path), data)
-        facts: dict[str, Any] = {"opset": OPSET, "ir_version": ir_version}
+        facts: dict[str, Any] = {
+            "opset": OPSET,
+            "ir_version": ir_version,
+            "linears": LINEAR_FORMS[0] if self.integer_linears else LINEAR_FORMS[1],
+        }
         notes = slow_path_notes(graph)
         if any(node.op is Op.SOFTMAX for node in graph.nodes):
             notes.append(SPEED_NOTE)
