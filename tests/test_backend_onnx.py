@@ -148,20 +148,6 @@ def test_cli_writes_the_chosen_linear_form_and_records_it(tiny_model_dirs, tmp_p
     assert not any(n.output[0].endswith("_integers") for n in nodes)
 
 
-@pytest.mark.parametrize(
-    ("args", "message"),
-    [
-        (("--to", "onnx", "--onnx-linears", "fast"), "--onnx-linears must be integer or qdq, got 'fast'"),
-        (("--to", "torch", "--onnx-linears", "qdq"), "--onnx-linears applies to the onnx backend"),
-    ],
-)
-def test_cli_refuses_a_bad_linears_flag(tiny_model_dirs, tmp_path, args, message):
-    out = tmp_path / "out"
-    result = run_cli(str(tiny_model_dirs["bert"]), *args, "-o", str(out), "--seq-len", "16")
-    assert result.returncode == 2 and message in result.stderr
-    assert "Traceback" not in result.stderr and not out.exists()
-
-
 def test_size_is_about_a_quarter_of_fp32(int8_onnx, minilm_dir):
     assert int8_onnx.stat().st_size <= 0.27 * (minilm_dir / "model.safetensors").stat().st_size
 

@@ -78,3 +78,19 @@ def test_unknown_backend_names_the_available_ones(tiny_model_dirs, tmp_path):
     assert result.returncode == 2
     assert "unknown backend 'coreml'" in result.stderr and "available" in result.stderr
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--to", "torch", "--torch-gemm", "int4"), "--torch-gemm must be auto, int8 or float, got 'int4'"),
+        (("--to", "onnx", "--torch-gemm", "int8"), "--torch-gemm applies to the torch backend"),
+        (("--to", "onnx", "--onnx-linears", "fast"), "--onnx-linears must be integer or qdq, got 'fast'"),
+        (("--to", "torch", "--onnx-linears", "qdq"), "--onnx-linears applies to the onnx backend"),
+    ],
+)
+def test_a_backend_flag_is_checked_before_any_work(tiny_model_dirs, tmp_path, args, message):
+    out = tmp_path / "out"
+    result = run_cli(str(tiny_model_dirs["bert"]), *args, "-o", str(out), "--seq-len", "16")
+    assert result.returncode == 2 and message in result.stderr
+    assert "Traceback" not in result.stderr and not out.exists()
