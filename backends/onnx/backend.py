@@ -188,17 +188,25 @@ def session_options(threads: int = 2, optimize: bool = True) -> Any:
     return options
 
 
+def integer_input(spec: QuantSpec | None) -> bool:
+    """A Linear input onnxruntime's integer kernels take: static, per-tensor, 8-bit."""
+    return (
+        spec is not None
+        and not spec.dynamic
+        and spec.axis is None
+        and spec.dtype.storage in ("int8", "uint8")
+    )
+
+
 def float_linears(graph: Graph) -> int:
-    """Linears with a quantized weight whose input is not a static per-tensor 8-bit integer:
-    onnxruntime has no integer kernel for them (it runs MatMulNBits on a float input)."""
-    count = 0
-    for node in graph.nodes:
-        if node.op is Op.LINEAR and node.inputs[1] in graph.quant:
-            x_spec = graph.quant.get(node.inputs[0])
-            count += (
-                x_spec is None or x_spec.dynamic or x_spec.axis is not None or x_spec.dtype.value == "int16"
-            )
-    return count
+    """Linears with a quantized weight but no ``integer_input``: onnxruntime has no integer
+    kernel for them (it runs MatMulNBits on a float input)."""
+    return sum(
+        node.op is Op.LINEAR
+        and node.inputs[1] in graph.quant
+        and not integer_input(graph.quant.get(node.inputs[0]))
+        for node in graph.nodes
+    )
 
 
 def slow_path_notes(graph: Graph) -> list[str]:
@@ -209,9 +217,8 @@ def slow_path_notes(graph: Graph) -> list[str]:
     for node in graph.nodes:
         if node.op is not Op.LINEAR or node.inputs[1] not in graph.quant:
             continue
-        x_spec, y_spec = graph.quant.get(node.inputs[0]), graph.quant.get(node.outputs[0])
-        exact_input = x_spec is not None and not x_spec.dynamic and x_spec.axis is None
-        if exact_input and x_spec.dtype.value != "int16" and y_spec is not None and y_spec.axis is not None:
+        y_spec = graph.quant.get(node.outputs[0])
+        if integer_input(graph.quant.get(node.inputs[0])) and y_spec is not None and y_spec.axis is not None:
             per_channel_outputs += 1
     notes = []
     if count := float_linears(graph):

@@ -137,15 +137,15 @@ def _integer_linear_inputs(b: OnnxBuilder, node: Node) -> tuple[list[str], str, 
     case bound, 255 · Σ|q_w| + |q_b|, is 8.4 M): unfused, onnxruntime then computes the IR's
     ``(acc + q_bias) · s_x·s_w`` bit for bit, and fused, QGemm with unit scales does the same.
     """
+    from qexport.backends.onnx.backend import integer_input
+
+    if not b.integer_linears:
+        return None
     graph = b.graph
     x, w = node.inputs[0], node.inputs[1]
     bias = node.inputs[2] if len(node.inputs) > 2 else ""
-    if not b.integer_linears:
-        return None
     x_spec, w_spec, b_spec = graph.quant.get(x), graph.quant.get(w), graph.quant.get(bias)
-    if x_spec is None or w_spec is None or x in graph.inputs or x in graph.constants:
-        return None
-    if x_spec.dynamic or x_spec.axis is not None or x_spec.dtype.storage not in ("int8", "uint8"):
+    if not integer_input(x_spec) or w_spec is None or x in graph.inputs or x in graph.constants:
         return None
     if w_spec.dtype.storage != "int8" or w_spec.axis not in (0, None) or w_spec.zero_point.any():
         return None
