@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from qexport.backends.torch.ops import TORCH_OPS, cast
+from qexport.backends.torch.ops import TORCH_OPS, cast, exact_gelu
 from qexport.ir.graph import Graph, Node, QuantSpec
 from qexport.ir.ops import Op
 from qexport.ir.symbols import bind
@@ -87,6 +87,21 @@ class IRModule(torch.nn.Module):
             if name not in graph.constants and not spec.dynamic:
                 self._add(f"{name}/scale", spec.scale)
                 self._add(f"{name}/zero_point", spec.zero_point)
+        # GELUs whose result is quantized next (directly, or through the smoothing Mul) run the
+        # IR's exact GELU; elsewhere torch's float32 kernel is ~7x cheaper and flips nothing.
+        self.exact_gelus = {
+            n.name
+            for n in graph.nodes
+            if n.op is Op.GELU
+            and n.attrs.get("approximate", "none") == "none"
+            and (
+                n.outputs[0] in graph.quant
+                or any(
+                    c.op is not Op.LINEAR and c.outputs[0] in graph.quant
+                    for c in consumers.get(n.outputs[0], [])
+                )
+            )
+        }
 
     def _float_bias(self, node: Node) -> np.ndarray:
         """The Linear's bias as float32 (dequantized once here; zeros when absent)."""
@@ -277,6 +292,8 @@ class IRModule(torch.nn.Module):
                 result = self.linear(node, raw, env, integers)
             elif node.op is Op.GATHER and self._row_quantized(node.inputs[0]):
                 result = self.gather_rows(node.inputs[0], env[node.inputs[1]])
+            elif node.name in self.exact_gelus:
+                result = exact_gelu(env[node.inputs[0]])
             else:
                 args = [
                     None if not i else (self.constant(i) if i in graph.constants else env[i])
