@@ -222,3 +222,44 @@ def test_sessions_leave_the_callers_float_state_alone(int8_onnx, backend, docstr
         session.get_session_options().get_session_config_entry("session.set_denormal_as_zero")
         == NO_DENORMALS["session.set_denormal_as_zero"]
     )
+
+
+def test_per_channel_activations_quantize_like_the_ir_bit_for_bit():
+    """A last-axis per-channel activation (int8-full's outlier-split Linear outputs) is written
+    as float ops, not onnxruntime's slow per-axis QuantizeLinear; it must still be the IR's
+    ``(clip(round(x / s) + zp) - zp) * s`` exactly: ties, clipped values, both zero points."""
+    import onnxruntime as ort
+    from onnx import helper
+
+    from qexport.backends.onnx.backend import IR_VERSION, OPSET
+    from qexport.backends.onnx.builder import OnnxBuilder
+    from qexport.ir.graph import Graph, QDType, QuantSpec
+    from qexport.quant import arith
+
+    channels = 8
+    scale = np.where(np.arange(channels) % 3 == 0, 0.25, 0.0371).astype(np.float32)
+    zero = np.where(np.arange(channels) % 3 == 0, 200, 17).astype(np.int32)
+    spec = QuantSpec(QDType.UINT8, scale, zero, axis=-1)
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal((4, 64, channels)) * 20).astype(np.float32)
+    x[0, :8] = ((np.arange(8)[:, None] + 0.5) * scale).astype(np.float32)  # ties (exact for s = 0.25)
+    b = OnnxBuilder(Graph(inputs={}, outputs={}, nodes=[], constants={}, values={}))
+    b.qdq_activation("v", "x", spec)
+    b.prune({"v"})
+    assert {n.op_type for n in b.nodes} >= {"Div", "Round", "Max", "Min", "Mul"}
+    assert "QuantizeLinear" not in {n.op_type for n in b.nodes}  # nobody reads the integers
+    io = [helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, [4, 64, channels]) for n in ("x", "v")]
+    model = helper.make_model(
+        helper.make_graph(b.nodes, "t", io[:1], io[1:], list(b.initializers.values())),
+        opset_imports=[helper.make_opsetid("", OPSET)],
+    )
+    model.ir_version = IR_VERSION
+    onnx.checker.check_model(model, full_check=True)
+    expected = arith.dequantize(arith.quantize(x, spec), spec)
+    for level in (ort.GraphOptimizationLevel.ORT_ENABLE_ALL, ort.GraphOptimizationLevel.ORT_DISABLE_ALL):
+        options = ort.SessionOptions()
+        options.graph_optimization_level = level
+        session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        ours = session.run(None, {"x": x})[0]
+        # equal values; a zero may keep the sign of the x it came from (-0.0 == 0.0)
+        assert np.array_equal(ours, expected)
