@@ -12,6 +12,7 @@ import numpy as np
 import onnx
 
 from qexport.backends import registrar
+from qexport.backends.onnx.backend import integer_input
 from qexport.backends.onnx.builder import OnnxBuilder
 from qexport.backends.onnx.symbolic import expr_tensor, shape_tensor
 from qexport.ir.graph import Node
@@ -137,8 +138,6 @@ def _integer_linear_inputs(b: OnnxBuilder, node: Node) -> tuple[list[str], str, 
     case bound, 255 · Σ|q_w| + |q_b|, is 8.4 M): unfused, onnxruntime then computes the IR's
     ``(acc + q_bias) · s_x·s_w`` bit for bit, and fused, QGemm with unit scales does the same.
     """
-    from qexport.backends.onnx.backend import integer_input
-
     if not b.integer_linears:
         return None
     graph = b.graph

@@ -270,27 +270,32 @@ class IRModule(torch.nn.Module):
         if x_name not in integers:
             integers[x_name] = self.quantized_rows(x_name, x)
         q, row_scale = integers[x_name]
-        if f"{node.name}/bias_sum" in self.buffer_of:  # float GEMM: the bias summed inside it
-            weight = cast(self.t(f"{w_name}/transposed"), torch.float32)
-            y = torch.addmm(self.t(f"{node.name}/bias_sum"), q, weight) * self.t(f"{node.name}/out_scale")
-            if f"{node.name}/bias_float" in self.buffer_of:
-                y = y + self.t(f"{node.name}/bias_float")
-            return y.reshape(*x.shape[:-1], y.shape[-1])
-        acc = self.matmul_integers(q, w_name)
-        if isinstance(row_scale, tuple):  # asymmetric rows: remove zp * sum_k W[j, k] in integers
-            row_scale, zero = row_scale
-            acc = acc - zero * self.t(f"{w_name}/colsum")
-        if row_scale is not None:  # dynamic: per-token scale times per-channel weight scale
+        if row_scale is None:
+            y = self._static_linear(node, q, w_name)
+        else:  # dynamic: per-token scale times per-channel weight scale
+            acc = self.matmul_integers(q, w_name)
+            if isinstance(row_scale, tuple):  # asymmetric rows: remove zp * sum_k W[j, k] in integers
+                row_scale, zero = row_scale
+                acc = acc - zero * self.t(f"{w_name}/colsum")
             y = torch.addcmul(
                 self.t(f"{node.name}/bias_float"),
                 cast(acc, torch.float32),
                 row_scale * self.t(f"{w_name}/scale"),
             )
-        else:
-            y = (acc + self.t(f"{node.name}/bias_int")) * self.t(f"{node.name}/out_scale")
-            if f"{node.name}/bias_float" in self.buffer_of:
-                y = y + self.t(f"{node.name}/bias_float")
         return y.reshape(*x.shape[:-1], y.shape[-1])
+
+    def _static_linear(self, node: Node, q: torch.Tensor, w_name: str) -> torch.Tensor:
+        """``(q @ W + bias) * out_scale`` (+ a float bias): the IR's single rounding. A float GEMM
+        sums the integer-valued bias inside ``addmm``; otherwise it is added to the int32 sums."""
+        if f"{node.name}/bias_sum" in self.buffer_of:
+            weight = cast(self.t(f"{w_name}/transposed"), torch.float32)
+            acc = torch.addmm(self.t(f"{node.name}/bias_sum"), q, weight)
+        else:
+            acc = self.matmul_integers(q, w_name) + self.t(f"{node.name}/bias_int")
+        y = acc * self.t(f"{node.name}/out_scale")
+        if f"{node.name}/bias_float" in self.buffer_of:
+            y = y + self.t(f"{node.name}/bias_float")
+        return y
 
     def forward(
         self,

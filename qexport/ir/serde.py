@@ -124,22 +124,27 @@ def from_bytes(data: bytes, where: str = "<bytes>") -> Graph:
         raise QirFormatError(f"{where}: {exc}; the file is not a valid .qir, re-create it") from None
 
 
+# What zipfile, struct and utf-8 decoding raise on a damaged or hostile container
+# (NotImplementedError: an unsupported compression method); each becomes a QirFormatError.
+_ZIP_ERRORS = (
+    zipfile.BadZipFile,
+    ValueError,
+    OSError,
+    EOFError,
+    NotImplementedError,
+    struct.error,
+    OverflowError,
+    IndexError,
+    KeyError,
+    UnicodeDecodeError,
+)
+
+
 def _from_bytes(data: bytes) -> Graph:
     try:
         zf = zipfile.ZipFile(io.BytesIO(data))
         infos = zf.infolist()
-    except (
-        zipfile.BadZipFile,
-        ValueError,
-        OSError,
-        EOFError,
-        NotImplementedError,
-        struct.error,
-        OverflowError,
-        IndexError,
-        KeyError,
-        UnicodeDecodeError,
-    ) as exc:
+    except _ZIP_ERRORS as exc:
         raise QirFormatError(f"not a qir container ({exc})") from None
     names = [i.filename for i in infos]
     if names != [GRAPH_MEMBER, ARRAYS_MEMBER]:
@@ -153,18 +158,7 @@ def _from_bytes(data: bytes) -> Graph:
     try:
         text = zf.read(GRAPH_MEMBER).decode("utf-8")
         blob = zf.read(ARRAYS_MEMBER)
-    except (
-        zipfile.BadZipFile,
-        UnicodeDecodeError,
-        OSError,
-        EOFError,
-        ValueError,
-        NotImplementedError,
-        struct.error,
-        OverflowError,
-        IndexError,
-        KeyError,
-    ) as exc:
+    except _ZIP_ERRORS as exc:
         raise QirFormatError(f"unreadable member ({exc})") from None
     try:
         doc = json.loads(text)
