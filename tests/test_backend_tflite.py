@@ -60,8 +60,9 @@ def test_only_builtin_operators(int8_tflite):
     model = _model(int8_tflite)
     assert all(code.customCode is None for code in model.operatorCodes)
     ops = inspect_ops(int8_tflite.read_bytes())
-    # word and token-type tables are looked up; the position rows at --seq-len are constant
-    assert "CUSTOM" not in ops and ops["FULLY_CONNECTED"] == 37 and ops["EMBEDDING_LOOKUP"] == 2, ops
+    # word rows: GATHER of the integers and of their row scales; token types: GATHER of the
+    # table dequantized at load; the position rows at --seq-len are constant
+    assert "CUSTOM" not in ops and ops["FULLY_CONNECTED"] == 37 and ops["GATHER"] == 3, ops
     assert model.buffers[0].data is None  # the empty sentinel buffer
 
 
@@ -167,6 +168,24 @@ def test_float_output_linears_sum_the_irs_integers(int8_tflite, backend, minilm_
         acc = q @ minilm_int8.constants[w].astype(np.int64).T + minilm_int8.constants[b]
         expected = (acc * minilm_int8.quant[b].scale.astype(np.float64)).astype(np.float32)
         assert np.array_equal(ours[node.name], expected), node.name
+
+
+def test_embedding_rows_are_the_irs_dequantized_integers(int8_tflite, backend, minilm_int8, docstring_texts):
+    """Word rows (GATHER of int8 rows and of their scales) and token-type rows (table
+    dequantized at load) are ``q · s`` rounded once, as the IR dequantizes, bit for bit."""
+    inputs = {k: v[:2] for k, v in docstring_texts[1].items()}
+    gathers = [n for n in minilm_int8.nodes if n.op is Op.GATHER and n.inputs[1] in inputs]
+    assert {n.inputs[1] for n in gathers} == {"input_ids", "token_type_ids"}
+    ours = backend.run_intermediates(int8_tflite, inputs, [n.outputs[0] for n in gathers])
+    for node in gathers:
+        table, ids = node.inputs
+        spec = minilm_int8.quant[table]
+        rows = inputs[ids].astype(np.int64)
+        expected = minilm_int8.constants[table][rows].astype(np.float32) * spec.scale[rows][..., None]
+        got = ours[node.outputs[0]]
+        assert got.shape == expected.shape and np.array_equal(
+            got.view(np.uint32), expected.view(np.uint32)
+        ), table
 
 
 def test_size_is_about_a_quarter_of_fp32(int8_tflite, minilm_dir):
