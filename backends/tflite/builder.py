@@ -103,6 +103,14 @@ class TfliteBuilder:
         self.tensors[index].buffer = len(self.buffers) - 1
         return index
 
+    def integer_view(self, name: str, constant: int, shape: tuple[int, ...]) -> int:
+        """A tensor reading ``constant``'s int8 bytes (no copy) with scale 1 and zero point 0,
+        so DEQUANTIZE gives the integers themselves; ``constant`` keeps its own params."""
+        unit = Quant(np.asarray(1.0, np.float32), np.asarray(0))
+        index = self.tensor(name, shape, "int8", unit)
+        self.tensors[index].buffer = self.tensors[constant].buffer
+        return index
+
     def scalar(self, base: str, value: Any, dtype: str = "float32") -> int:
         """A small shared float/int constant (deduplicated by value), e.g. an epsilon."""
         array = np.asarray(value, dtype=dtype)

@@ -14,12 +14,13 @@ from ai_edge_litert import schema_py_generated as fb
 
 from qexport.backends import registrar
 from qexport.backends.tflite.builder import Quant
-from qexport.backends.tflite.context import OP, OPT, Ctx, quant_of, to_storage
+from qexport.backends.tflite.context import OP, OPT, Ctx, to_storage
+from qexport.backends.tflite.emit import make_options, reshape_into, reshape_to
+from qexport.backends.tflite.linear import lower_linear
 from qexport.errors import QExportError
-from qexport.ir.graph import Node, QDType, QuantSpec
+from qexport.ir.graph import Node, QuantSpec
 from qexport.ir.ops import Op
 from qexport.ir.symbols import evaluate
-from qexport.quant.arith import dequantize
 
 Lowering = Callable[[Ctx, Node], None]
 LOWERINGS: dict[Op, Lowering] = {}
@@ -27,295 +28,8 @@ LOWERINGS: dict[Op, Lowering] = {}
 
 lowers = registrar(LOWERINGS)
 
-
-def _options(cls: type, **fields: object) -> object:
-    opts = cls()
-    for key, value in fields.items():
-        setattr(opts, key, value)
-    return opts
-
-
-# -- Linear: the integer kernels ------------------------------------------------------------
-@lowers(Op.LINEAR)
-def linear(ctx: Ctx, node: Node) -> None:
-    """FULLY_CONNECTED on a 2-D view [tokens, K] (no keep_num_dims, so plain op versions).
-
-    - input with a static spec -> QUANTIZE, int8 FC (per-channel weights, int32 bias) whose
-      output carries the IR's spec on the Linear output (required: int8 FC writes int8);
-      without an output spec a float FC sums the integers themselves (``q - zp`` and the int8
-      weights as integer-valued floats, exact below 2**24) and one MUL applies the IR's scale:
-      the IR's arithmetic, at float speed — see docs/backend-tflite.md;
-    - input with a dynamic per-token spec -> hybrid FC (float in/out, int8 per-channel
-      weights; the kernel quantizes each token row at run time, asymmetrically as the IR says);
-    - no spec -> float FC (weights dequantized at load if stored as int8).
-    """
-    g = ctx.graph
-    x_name, w_name = node.inputs[0], node.inputs[1]
-    b_name = node.inputs[2] if len(node.inputs) > 2 else ""
-    out = node.outputs[0]
-    in_spec, w_spec, out_spec = g.quant.get(x_name), g.quant.get(w_name), g.quant.get(out)
-    weight = g.constants[w_name]
-    n_out, k = weight.shape
-    rows = int(np.prod(ctx.shape(x_name)[:-1]))
-    fc = _options(fb.FullyConnectedOptionsT)
-
-    if in_spec is not None and not in_spec.dynamic and w_spec is not None and out_spec is not None:
-        _integer_linear(ctx, node, rows)
-        return
-    if out_spec is None and _sums_exactly_in_float(ctx, node):
-        _integer_valued_linear(ctx, node, rows)
-        return
-
-    if in_spec is not None and in_spec.dynamic and w_spec is not None:
-        _hybrid_linear(ctx, node)
-        return
-    else:
-        x2 = _reshape(ctx, ctx.float_in(x_name), (rows, k), f"{x_name}.2d")
-        if w_spec is not None:
-            # int8 in the file, float at run time: DEQUANTIZE of a constant is done once at load.
-            wq = ctx.b.constant(
-                f"{w_name}_quantized", weight, Quant(w_spec.scale, w_spec.zero_point.astype(np.int64), 0)
-            )
-            w = ctx.b.tensor(w_name, weight.shape, "float32")
-            ctx.b.op(OP.DEQUANTIZE, [wq], [w], version=5)
-        else:
-            w = ctx.constant(w_name)
-        inputs = [x2, w]
-        if b_name:
-            inputs.append(ctx.constant(b_name, _float_const(ctx, b_name)))
-        version = 1
-    y2 = ctx.b.tensor(f"{out}.2d", (rows, n_out), "float32")
-    ctx.b.op(
-        OP.FULLY_CONNECTED, inputs, [y2], version=version, options=fc, options_type=OPT.FullyConnectedOptions
-    )
-    _reshape_into(ctx, y2, node)
-
-
-def _hybrid_linear(ctx: Ctx, node: Node) -> None:
-    """Hybrid FC (float in/out, int8 per-channel weights) on the N-D input with keep_num_dims
-    (no RESHAPE copies around it): the kernel quantizes each token row at run time — XNNPACK
-    by the rule the IR's asymmetric dynamic spec names (``arith.dynamic_params``)."""
-    g = ctx.graph
-    x_name, w_name = node.inputs[0], node.inputs[1]
-    b_name = node.inputs[2] if len(node.inputs) > 2 else ""
-    w_spec, asymmetric = g.quant[w_name], not g.quant[x_name].symmetric
-    w = ctx.b.constant(
-        w_name, g.constants[w_name], Quant(w_spec.scale, w_spec.zero_point.astype(np.int64), 0)
-    )
-    inputs = [ctx.float_in_raw(x_name), w]
-    if b_name:
-        inputs.append(ctx.constant(b_name))
-    ctx.b.op(
-        OP.FULLY_CONNECTED,
-        inputs,
-        [ctx.output(node.outputs[0])],
-        version=12,
-        # XNNPACK quantizes the rows asymmetrically either way; the builtin kernels only if asked
-        options=_options(fb.FullyConnectedOptionsT, keepNumDims=True, asymmetricQuantizeInputs=asymmetric),
-        options_type=OPT.FullyConnectedOptions,
-    )
-
-
-def _integer_linear(ctx: Ctx, node: Node, rows: int) -> None:
-    """int8 FULLY_CONNECTED whose int8 result carries the IR's output spec.
-
-    A per-tensor output spec is one FC. A grouped per-channel spec (a few distinct scales, see
-    ``grouped_activation_spec``) becomes: one FC over all channels with the largest group's
-    params, its other rows zeroed (they dequantize to exactly 0.0); one small FC per other group
-    over that group's rows; their float results placed into their channels by a 0/1 matrix
-    (a float FC: each output is one exact product) and added. Every op stays XNNPACK-friendly
-    and every channel's value is exactly its group's dequantized int8.
-    """
-    g = ctx.graph
-    x_name, w_name = node.inputs[0], node.inputs[1]
-    b_name = node.inputs[2] if len(node.inputs) > 2 else ""
-    out, out_spec, w_spec = node.outputs[0], g.quant[node.outputs[0]], g.quant[w_name]
-    weight = g.constants[w_name]
-    bias = g.constants[b_name] if b_name else None
-    n_out, k = weight.shape
-    x2 = _reshape(ctx, ctx.quantized(x_name), (rows, k), f"{x_name}_quantized.2d")
-    groups = _channel_groups(out_spec, n_out)
-    main, others = groups[0], groups[1:]
-
-    def fc(
-        suffix: str, rows_w: np.ndarray, rows_b: np.ndarray | None, channels: np.ndarray, spec: QuantSpec
-    ) -> int:
-        w_params = Quant(w_spec.scale[channels], w_spec.zero_point[channels].astype(np.int64), 0)
-        inputs = [x2, ctx.b.constant(f"{w_name}{suffix}", rows_w, w_params)]
-        if rows_b is not None:
-            b_params = Quant(g.quant[b_name].scale[channels], np.zeros(len(channels), np.int64), 0)
-            inputs.append(ctx.b.constant(f"{b_name}{suffix}", rows_b, b_params))
-        dtype, params = quant_of(spec)
-        yq = ctx.b.tensor(f"{out}_quantized{suffix}.2d", (rows, len(channels)), dtype, params)
-        ctx.b.op(
-            OP.FULLY_CONNECTED,
-            inputs,
-            [yq],
-            version=4,
-            options=fb.FullyConnectedOptionsT(),
-            options_type=OPT.FullyConnectedOptions,
-        )
-        y = ctx.b.tensor(f"{out}{suffix}.2d", (rows, len(channels)), "float32")
-        ctx.b.op(OP.DEQUANTIZE, [yq], [y], version=2)
-        return y
-
-    everything = np.arange(n_out)
-    if not others:
-        _reshape_into(ctx, fc("", weight, bias, everything, _part_spec(out_spec, main)), node, exact=True)
-        return
-    keep = np.zeros(n_out, bool)
-    keep[main] = True
-    main_w = np.where(keep[:, None], weight, np.zeros_like(weight))
-    main_b = np.where(keep, bias, np.zeros_like(bias)) if bias is not None else None
-    y_main = fc(".main", main_w, main_b, everything, _part_spec(out_spec, main))
-    parts = [
-        fc(f".group{i}", weight[ch], bias[ch] if bias is not None else None, ch, _part_spec(out_spec, ch))
-        for i, ch in enumerate(others, start=1)
-    ]
-    placed_channels = np.concatenate(others)
-    if len(parts) > 1:
-        joined = ctx.b.tensor(f"{out}.groups.2d", (rows, len(placed_channels)), "float32")
-        ctx.b.op(
-            OP.CONCATENATION,
-            parts,
-            [joined],
-            options=_options(fb.ConcatenationOptionsT, axis=1),
-            options_type=OPT.ConcatenationOptions,
-        )
-    else:
-        joined = parts[0]
-    # The 0/1 placement matrix is stored as int8 (scale 1) and dequantized once at load.
-    placement = np.zeros((n_out, len(placed_channels)), np.int8)
-    placement[placed_channels, np.arange(len(placed_channels))] = 1
-    stored = ctx.b.constant(f"{out}.placement_quantized", placement, Quant(np.float32(1.0), np.int64(0)))
-    matrix = ctx.b.tensor(f"{out}.placement", placement.shape, "float32")
-    ctx.b.op(OP.DEQUANTIZE, [stored], [matrix], version=2)
-    placed = ctx.b.tensor(f"{out}.placed.2d", (rows, n_out), "float32")
-    ctx.b.op(
-        OP.FULLY_CONNECTED,
-        [joined, matrix],
-        [placed],
-        version=1,
-        options=fb.FullyConnectedOptionsT(),
-        options_type=OPT.FullyConnectedOptions,
-    )
-    y = ctx.b.tensor(f"{out}.2d", (rows, n_out), "float32")
-    ctx.b.op(OP.ADD, [y_main, placed], [y], options=fb.AddOptionsT(), options_type=OPT.AddOptions)
-    _reshape_into(ctx, y, node, exact=True)
-
-
-def _channel_groups(spec: QuantSpec, channels: int) -> list[np.ndarray]:
-    """Channel indices per distinct (scale, zero point); the largest group first."""
-    if spec.axis is None:
-        return [np.arange(channels)]
-    keys = np.stack([spec.scale.astype(np.float64), spec.zero_point.astype(np.float64)], axis=1)
-    _, label = np.unique(keys, axis=0, return_inverse=True)
-    groups = [np.flatnonzero(label.ravel() == i) for i in range(int(label.max()) + 1)]
-    return sorted(groups, key=lambda ch: (-len(ch), int(ch[0])))
-
-
-def _part_spec(spec: QuantSpec, channels: np.ndarray) -> QuantSpec:
-    """The per-tensor spec shared by ``channels`` of a grouped spec."""
-    if spec.axis is None:
-        return spec
-    return QuantSpec(spec.dtype, np.array(spec.scale[channels[0]]), np.array(spec.zero_point[channels[0]]))
-
-
-def _sums_exactly_in_float(ctx: Ctx, node: Node) -> bool:
-    """A static per-tensor 8-bit input, int8 weights and an int32 (or float, or no) bias: the
-    Linear's integers can be summed as integer-valued floats (see _integer_valued_linear)."""
-    g = ctx.graph
-    x_spec, w_spec = g.quant.get(node.inputs[0]), g.quant.get(node.inputs[1])
-    if x_spec is None or x_spec.dynamic or x_spec.axis is not None or w_spec is None:
-        return False
-    if x_spec.dtype not in (QDType.UINT8, QDType.INT8) or w_spec.dtype is not QDType.INT8:
-        return False
-    b_name = node.inputs[2] if len(node.inputs) > 2 else ""
-    b_spec = g.quant.get(b_name) if b_name else None
-    return w_spec.axis in (0, None) and (b_spec is None or b_spec.dtype is QDType.INT32)
-
-
-def _integer_valued_linear(ctx: Ctx, node: Node, rows: int) -> None:
-    """The IR's integer Linear on float kernels: ``(sum (q - zp) * q_w + q_b) * s_b``.
-
-    TFLite's int8 FC must write int8, so a Linear with a float output cannot use it. Instead
-    the same integers go through a float FC as integer-valued floats: the int8 activation is
-    re-read with scale 1 (a RESHAPE to a tensor whose params are (1, zp)) and DEQUANTIZEd to
-    ``q - zp``; the weight's buffer is read through a second tensor with scale 1 (the
-    ``<w>_quantized`` tensor keeps the IR's per-channel params for readers); the int32 bias
-    is stored as float. Products and partial sums are integers, exact in float32 below 2**24
-    in any summation order (MiniLM's largest |acc| is far below, see docs/backend-tflite.md),
-    and one MUL by the IR's per-channel ``s_b`` is the IR's one rounding.
-    """
-    g = ctx.graph
-    x_name, w_name = node.inputs[0], node.inputs[1]
-    b_name = node.inputs[2] if len(node.inputs) > 2 else ""
-    out = node.outputs[0]
-    x_spec, w_spec = g.quant[x_name], g.quant[w_name]
-    weight = g.constants[w_name]
-    n_out, k = weight.shape
-    name = f"{x_name}_steps.2d"
-    if ctx.b.has(name):  # Q, K and V share their input's integers
-        steps = ctx.b.index[name]
-    else:
-        _, params = quant_of(x_spec)
-        as_integers = Quant(np.asarray(1.0, np.float32), np.asarray(params.zero_point))
-        integers = ctx.b.tensor(f"{x_name}_integers.2d", (rows, k), "int8", as_integers)
-        ctx.b.op(
-            OP.RESHAPE,
-            [ctx.quantized(x_name), ctx.int_vector("shape", [rows, k])],
-            [integers],
-            options=_options(fb.ReshapeOptionsT, newShape=np.asarray([rows, k], np.int32)),
-            options_type=OPT.ReshapeOptions,
-        )
-        steps = ctx.b.tensor(name, (rows, k), "float32")
-        ctx.b.op(OP.DEQUANTIZE, [integers], [steps], version=2)
-    if not ctx.b.has(f"{w_name}_quantized"):
-        ctx.b.constant(
-            f"{w_name}_quantized", weight, Quant(w_spec.scale, w_spec.zero_point.astype(np.int64), 0)
-        )
-    stored = ctx.b.tensors[ctx.b.index[f"{w_name}_quantized"]]
-    w_int = ctx.b.tensor(
-        f"{w_name}_integers", weight.shape, "int8", Quant(np.asarray(1.0, np.float32), np.asarray(0))
-    )
-    ctx.b.tensors[w_int].buffer = stored.buffer  # the same bytes, read with scale 1
-    w = ctx.b.tensor(f"{w_name}_integers_float", weight.shape, "float32")
-    ctx.b.op(OP.DEQUANTIZE, [w_int], [w], version=5)  # constant: done once at load
-    inputs = [steps, w]
-    b_spec = g.quant.get(b_name) if b_name else None
-    if b_spec is not None:
-        inputs.append(ctx.b.constant(f"{b_name}_integers_float", g.constants[b_name].astype(np.float32)))
-        scale = b_spec.scale
-    else:
-        scale = (x_spec.scale * w_spec.scale).astype(np.float32)
-    acc = ctx.b.tensor(f"{out}.acc", (rows, n_out), "float32")
-    ctx.b.op(
-        OP.FULLY_CONNECTED,
-        inputs,
-        [acc],
-        options=_options(fb.FullyConnectedOptionsT),
-        options_type=OPT.FullyConnectedOptions,
-    )
-    y = ctx.b.tensor(f"{out}.2d", (rows, n_out), "float32")
-    scale_t = ctx.b.constant(f"{out}.scale", np.broadcast_to(np.asarray(scale, np.float32), (n_out,)).copy())
-    ctx.b.op(OP.MUL, [acc, scale_t], [y], options=_options(fb.MulOptionsT), options_type=OPT.MulOptions)
-    if b_name and b_spec is None:
-        with_bias = ctx.b.tensor(f"{out}.biased.2d", (rows, n_out), "float32")
-        ctx.b.op(
-            OP.ADD,
-            [y, ctx.constant(b_name)],
-            [with_bias],
-            options=_options(fb.AddOptionsT),
-            options_type=OPT.AddOptions,
-        )
-        y = with_bias
-    _reshape_into(ctx, y, node)
-
-
-def _float_const(ctx: Ctx, name: str) -> np.ndarray:
-    spec = ctx.graph.quant.get(name)
-    array = ctx.graph.constants[name]
-    return dequantize(array, spec) if spec is not None else array
+# Linear: the integer kernels, in linear.py
+lowers(Op.LINEAR)(lower_linear)
 
 
 # -- Gather: embeddings ---------------------------------------------------------------------
@@ -336,7 +50,7 @@ def gather(ctx: Ctx, node: Node) -> None:
         OP.GATHER,
         [ctx.float_in(table), ctx.float_in(ids)],
         [ctx.output(node.outputs[0])],
-        options=_options(fb.GatherOptionsT, axis=0, batchDims=0),
+        options=make_options(fb.GatherOptionsT, axis=0, batchDims=0),
         options_type=OPT.GatherOptions,
     )
 
@@ -360,19 +74,18 @@ def _quantized_rows(ctx: Ctx, node: Node, spec: QuantSpec) -> None:
     stored = ctx.b.constant(
         table, to_storage(rows, spec), Quant(spec.scale, np.zeros_like(spec.zero_point, np.int64), 0)
     )
-    flat = _reshape(ctx, ctx.float_in(ids), (n,), f"{ids}.flat")
-    by_rows = _options(fb.GatherOptionsT, axis=0, batchDims=0)
+    flat = reshape_to(ctx, ctx.float_in(ids), (n,), f"{ids}.flat")
+    by_rows = make_options(fb.GatherOptionsT, axis=0, batchDims=0)
     y = ctx.b.tensor(f"{node.outputs[0]}.flat", (n, width), "float32")
     if rows.shape[0] <= n:
         floats = ctx.b.tensor(f"{table}_float", rows.shape, "float32")
         ctx.b.op(OP.DEQUANTIZE, [stored], [floats], version=5)  # constant: done once at load
-        floats = _reshape(ctx, floats, (rows.shape[0], width), f"{table}_float.2d")
+        floats = reshape_to(ctx, floats, (rows.shape[0], width), f"{table}_float.2d")
         ctx.b.op(OP.GATHER, [floats, flat], [y], options=by_rows, options_type=OPT.GatherOptions)
     else:
-        unit = Quant(np.asarray(1.0, np.float32), np.asarray(0))
-        integers = ctx.b.tensor(f"{table}_integers", (rows.shape[0], width), "int8", unit)
-        ctx.b.tensors[integers].buffer = ctx.b.tensors[stored].buffer  # the same bytes, scale 1
-        picked = ctx.b.tensor(f"{node.outputs[0]}.integers", (n, width), "int8", unit)
+        integers = ctx.b.integer_view(f"{table}_integers", stored, (rows.shape[0], width))
+        picked = ctx.b.tensor(f"{node.outputs[0]}.integers", (n, width), "int8")
+        ctx.b.tensors[picked].quantization = ctx.b.tensors[integers].quantization
         ctx.b.op(
             OP.GATHER, [integers, flat], [picked], version=2, options=by_rows, options_type=OPT.GatherOptions
         )
@@ -382,9 +95,9 @@ def _quantized_rows(ctx: Ctx, node: Node, spec: QuantSpec) -> None:
         row_scale = ctx.b.tensor(f"{node.outputs[0]}.row_scale", (n, 1), "float32")
         ctx.b.op(OP.GATHER, [scales, flat], [row_scale], options=by_rows, options_type=OPT.GatherOptions)
         ctx.b.op(
-            OP.MUL, [steps, row_scale], [y], options=_options(fb.MulOptionsT), options_type=OPT.MulOptions
+            OP.MUL, [steps, row_scale], [y], options=make_options(fb.MulOptionsT), options_type=OPT.MulOptions
         )
-    _reshape_into(ctx, y, node)
+    reshape_into(ctx, y, node)
 
 
 def _constant_rows(ctx: Ctx, node: Node, spec: QuantSpec) -> None:
@@ -448,7 +161,7 @@ def gelu(ctx: Ctx, node: Node) -> None:
         OP.GELU,
         [ctx.float_in(node.inputs[0])],
         [ctx.output(node.outputs[0])],
-        options=_options(fb.GeluOptionsT, approximate=approximate),
+        options=make_options(fb.GeluOptionsT, approximate=approximate),
         options_type=OPT.GeluOptions,
     )
 
@@ -462,7 +175,7 @@ def softmax(ctx: Ctx, node: Node) -> None:
         OP.SOFTMAX,
         [ctx.float_in(node.inputs[0])],
         [ctx.output(node.outputs[0])],
-        options=_options(fb.SoftmaxOptionsT, beta=1.0),
+        options=make_options(fb.SoftmaxOptionsT, beta=1.0),
         options_type=OPT.SoftmaxOptions,
     )
 
@@ -475,7 +188,7 @@ def layer_norm(ctx: Ctx, node: Node) -> None:
     axes = ctx.int_vector("layer_norm.axes", list(range(rank - int(node.attrs["num_axes"]), rank)))
     name, shape = node.outputs[0], ctx.shape(node.inputs[0])
     stat_shape = shape[: rank - int(node.attrs["num_axes"])] + (1,) * int(node.attrs["num_axes"])
-    mean_opts = _options(fb.ReducerOptionsT, keepDims=True)
+    mean_opts = make_options(fb.ReducerOptionsT, keepDims=True)
     mean = ctx.b.tensor(f"{name}.mean", stat_shape, "float32")
     ctx.b.op(OP.MEAN, [x, axes], [mean], options=mean_opts, options_type=OPT.ReducerOptions)
     centered = ctx.b.tensor(f"{name}.centered", shape, "float32")
@@ -536,54 +249,15 @@ def matmul(ctx: Ctx, node: Node) -> None:
         OP.BATCH_MATMUL,
         [ctx.float_in(node.inputs[0]), ctx.float_in(rhs)],
         [ctx.output(node.outputs[0])],
-        options=_options(fb.BatchMatMulOptionsT, adjX=False, adjY=adj_y),
+        options=make_options(fb.BatchMatMulOptionsT, adjX=False, adjY=adj_y),
         options_type=OPT.BatchMatMulOptions,
     )
 
 
 # -- shapes ---------------------------------------------------------------------------------
-def _reshape(
-    ctx: Ctx,
-    src: int,
-    shape: tuple[int, ...],
-    name: str,
-    quant: Quant | None = None,
-    dtype: str | None = None,
-) -> int:
-    if ctx.b.shape_of(src) == tuple(shape):
-        return src
-    if ctx.b.has(name):  # e.g. Q, K and V reshape their shared input once
-        return ctx.b.index[name]
-    out = ctx.b.tensor(name, tuple(shape), dtype or ctx.b.dtype_of(src), quant)
-    if quant is None:  # a reshape of integers keeps their scale and zero point
-        ctx.b.tensors[out].quantization = ctx.b.tensors[src].quantization
-    ctx.b.op(
-        OP.RESHAPE,
-        [src, ctx.int_vector("shape", list(shape))],
-        [out],
-        options=_options(fb.ReshapeOptionsT, newShape=np.asarray(shape, np.int32)),
-        options_type=OPT.ReshapeOptions,
-    )
-    return out
-
-
-def _reshape_into(ctx: Ctx, src: int, node: Node, exact: bool = False) -> None:
-    """Reshape ``src`` into the node's output; ``exact``: ``src`` already holds the value with
-    its spec applied (integer kernel output), so it is the IR value itself, not ``_float``."""
-    value = node.outputs[0]
-    out = ctx.b.tensor(value, ctx.shape(value), "float32") if exact else ctx.output(value)
-    ctx.b.op(
-        OP.RESHAPE,
-        [src, ctx.int_vector("shape", list(ctx.shape(node.outputs[0])))],
-        [out],
-        options=_options(fb.ReshapeOptionsT, newShape=np.asarray(ctx.shape(node.outputs[0]), np.int32)),
-        options_type=OPT.ReshapeOptions,
-    )
-
-
 @lowers(Op.RESHAPE, Op.SQUEEZE, Op.UNSQUEEZE)
 def reshape(ctx: Ctx, node: Node) -> None:
-    _reshape_into(ctx, ctx.float_in(node.inputs[0]), node)
+    reshape_into(ctx, ctx.float_in(node.inputs[0]), node)
 
 
 @lowers(Op.TRANSPOSE)
@@ -641,7 +315,7 @@ def concat(ctx: Ctx, node: Node) -> None:
         OP.CONCATENATION,
         [ctx.float_in(v) for v in node.inputs if v],
         [ctx.output(node.outputs[0])],
-        options=_options(fb.ConcatenationOptionsT, axis=int(node.attrs["axis"]) % rank),
+        options=make_options(fb.ConcatenationOptionsT, axis=int(node.attrs["axis"]) % rank),
         options_type=OPT.ConcatenationOptions,
     )
 
@@ -670,7 +344,7 @@ def reduce(ctx: Ctx, node: Node) -> None:
         OP.MEAN if node.op is Op.REDUCE_MEAN else OP.SUM,
         [ctx.float_in(node.inputs[0]), axes],
         [ctx.output(node.outputs[0])],
-        options=_options(fb.ReducerOptionsT, keepDims=bool(node.attrs["keepdims"])),
+        options=make_options(fb.ReducerOptionsT, keepDims=bool(node.attrs["keepdims"])),
         options_type=OPT.ReducerOptions,
     )
 
