@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks import peers
+from benchmarks import gates, peers
 from benchmarks.measure import interleaved_latency, parity, peak_rss_mb, pooled, ratio
 from benchmarks.noise_floor import float_ulp_floor
 from qexport.backends.cpu import cpuinfo
@@ -333,6 +333,7 @@ def main() -> None:
                 }
             )
     _latencies(result["rows"], fp32_bytes)
+    result["gates"] = gates.evaluate(result)
     if not args.skip_scale:
         result["scaling"] = [_scale(name) for name in ("minilm", "bert-base", "bert-large")]
     args.out.mkdir(parents=True, exist_ok=True)
@@ -422,6 +423,9 @@ def to_markdown(result: dict[str, Any]) -> str:
             f"{r['cos_mean']:.4f} / {r['cos_min']:.4f} | "
             f"{r['sqnr_db']:.1f} | {r.get('sqnr_vs_ir_db', '')} |"
         )
+    if result.get("gates"):
+        lines += ["", f"The issues' gates in this run, on this CPU ({result.get('cpu', '?')}):", ""]
+        lines += gates.to_markdown(result["gates"])
     floor = result.get("ir_ulp_floor_db") or {}
     if floor:
         figures = ", ".join(f"{k} {v} dB" for k, v in floor.items())
