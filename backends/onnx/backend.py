@@ -17,7 +17,7 @@ from qexport.backends.onnx.cpu import (
     session_config,
 )
 from qexport.errors import QExportError
-from qexport.ir.graph import Graph, QuantSpec
+from qexport.ir.graph import Graph, Node, QuantSpec
 from qexport.ir.ops import Op
 
 # 21: int16 and per-axis int8 QuantizeLinear/DequantizeLinear; 23: the Attention op
@@ -138,12 +138,20 @@ class OnnxBackend:
             "ir_version": ir_version,
             "linears": LINEAR_FORMS[0] if self.integer_linears else LINEAR_FORMS[1],
         }
-        notes = slow_path_notes(graph)
+        notes = slow_path_notes(graph, self.integer_linears)
         if any(node.op is Op.SOFTMAX for node in graph.nodes):
             notes.append(SPEED_NOTE)
-        if any(node.op.value == "Linear" and node.inputs[1] in graph.quant for node in graph.nodes):
+        if any(  # only onnxruntime's U8S8 integer kernels saturate: Linears with a static 8-bit input
+            node.op is Op.LINEAR
+            and node.inputs[1] in graph.quant
+            and integer_input(graph.quant.get(node.inputs[0]))
+            for node in graph.nodes
+        ):
             notes.append(PRECISION_NOTE)
-        facts["session_config"] = {**NO_DENORMALS, **(FLOAT_MATMULNBITS if float_linears(graph) else {})}
+        facts["session_config"] = {
+            **NO_DENORMALS,
+            **(FLOAT_MATMULNBITS if float_linears(graph, self.integer_linears) else {}),
+        }
         facts["session_config_x86_without_vnni"] = EXACT_U8U8
         if notes:
             facts["notes"] = notes
@@ -198,18 +206,39 @@ def integer_input(spec: QuantSpec | None) -> bool:
     )
 
 
-def float_linears(graph: Graph) -> int:
-    """Linears with a quantized weight but no ``integer_input``: onnxruntime has no integer
-    kernel for them (it runs MatMulNBits on a float input)."""
+def steps_linear(graph: Graph, node: Node) -> bool:
+    """A Linear whose input is quantized per token at run time (XNNPACK's asymmetric rule) and
+    whose weight is symmetric int8: lowered as a float32 Gemm of the integer steps ``q - z``
+    (``lowering._dynamic_linear_inputs``), exactly as the IR computes it."""
+    if node.op is not Op.LINEAR:
+        return False
+    x_spec, w_spec = graph.quant.get(node.inputs[0]), graph.quant.get(node.inputs[1])
+    bias = node.inputs[2] if len(node.inputs) > 2 else ""
+    return (
+        x_spec is not None
+        and x_spec.dynamic
+        and not x_spec.symmetric
+        and w_spec is not None
+        and w_spec.dtype.storage == "int8"
+        and w_spec.axis in (0, None)
+        and not w_spec.zero_point.any()
+        and bias not in graph.quant
+    )
+
+
+def float_linears(graph: Graph, integer_linears: bool = True) -> int:
+    """Linears with a quantized weight but no ``integer_input`` (nor, in the integer form, run-time
+    integer steps): onnxruntime has no integer kernel for them and runs MatMulNBits on a float input."""
     return sum(
         node.op is Op.LINEAR
         and node.inputs[1] in graph.quant
         and not integer_input(graph.quant.get(node.inputs[0]))
+        and not (integer_linears and steps_linear(graph, node))
         for node in graph.nodes
     )
 
 
-def slow_path_notes(graph: Graph) -> list[str]:
+def slow_path_notes(graph: Graph, integer_linears: bool = True) -> list[str]:
     """What in this graph onnxruntime cannot run on its integer kernels (docs/backend-onnx.md):
     it fuses QGemm only for a static per-tensor 8-bit input, an int8 weight and a per-tensor
     (or float) output."""
@@ -221,7 +250,13 @@ def slow_path_notes(graph: Graph) -> list[str]:
         if integer_input(graph.quant.get(node.inputs[0])) and y_spec is not None and y_spec.axis is not None:
             per_channel_outputs += 1
     notes = []
-    if count := float_linears(graph):
+    if integer_linears and (steps := sum(steps_linear(graph, node) for node in graph.nodes)):
+        notes.append(
+            f"onnx: {steps} Linears have per-token (run-time) input scales, which no onnxruntime "
+            "integer kernel takes: they run as float32 Gemms of the integer steps, the IR's numbers "
+            "but slower than fp32 (MiniLM dynamic ~1.3x). --recipe int8 is the fast ONNX recipe"
+        )
+    if count := float_linears(graph, integer_linears):
         notes.append(
             f"onnx: {count} quantized Linears have dynamic, int16 or no input quantization; "
             "onnxruntime runs them as float MatMuls on the int8 weights (no faster than fp32). "
@@ -320,4 +355,6 @@ def _asymmetric_dynamic_fake_quant(b: Any, out: str, produced: str, spec: QuantS
     scaled = b.node("Round", [b.node("Mul", [produced, mult], f"{out}_scaled")], f"{out}_rounded")
     q = b.node("Clip", [b.node("Add", [scaled, zp], f"{out}_shifted"), f32(-128.0), f32(127.0)], f"{out}_q")
     scale = b.node("Div", [f32(1.0), mult], f"{out}_dynscale")
-    b.node("Mul", [b.node("Sub", [q, zp], f"{out}_steps"), scale], out, name=f"{out}_dynamic_quant")
+    steps = b.node("Sub", [q, zp], f"{out}_steps")
+    b.cache[f"{out}:steps"] = (steps, scale)  # q - zp and the row scale, for integer Linears
+    b.node("Mul", [steps, scale], out, name=f"{out}_dynamic_quant")

@@ -12,8 +12,8 @@ back) and runs them inside ``flush_denormals`` (the calling thread, which does h
 with 2 intra-op threads, flushes only while onnxruntime runs).
 
 Fidelity, every CPU: ``session.qdq_matmulnbits_accuracy_level=1``. onnxruntime (1.32) rewrites
-DequantizeLinear(int8 weight) -> MatMul with a *float* input (the Linears of ``dynamic``,
-``int8-mixed``'s int16 islands, ``weight-only``) into its MatMulNBits kernel, by default at
+DequantizeLinear(int8 weight) -> MatMul with a *float* input (``int8-mixed``'s int16 islands,
+``weight-only``; ``dynamic`` before its Linears became Gemms of integer steps) into its MatMulNBits kernel, by default at
 accuracy level 4: it quantizes the float input to int8 per block at run time, which the file
 does not say. MiniLM vs the IR simulation (96 sentences, AVX2 EPYC, 2026-12-04): ``dynamic``
 30.3 -> 36.2 dB, ``int8-mixed`` 30.6 -> 35.2 dB at level 1 (float), for 19 % and 7 % more
@@ -43,7 +43,8 @@ from qexport.backends.cpu import VNNI_FLAGS, cpu_flags, is_x86
 
 EXACT_U8U8 = {"session.x64quantprecision": "1"}
 NO_DENORMALS = {"session.set_denormal_as_zero": "1"}
-# Float-input Linears on int8 weights (dynamic, int16 islands, weight-only) become MatMulNBits,
+# Float-input Linears on int8 weights (int16 islands, weight-only, symmetric dynamic; asymmetric
+# dynamic ones are Gemms of integer steps since 2026-12-04) become MatMulNBits,
 # whose default accuracy level 4 re-quantizes the float input to int8 per block; 1 keeps it float.
 FLOAT_MATMULNBITS = {"session.qdq_matmulnbits_accuracy_level": "1"}
 

@@ -12,7 +12,7 @@ import numpy as np
 import onnx
 
 from qexport.backends import registrar
-from qexport.backends.onnx.backend import integer_input
+from qexport.backends.onnx.backend import integer_input, steps_linear
 from qexport.backends.onnx.builder import OnnxBuilder
 from qexport.backends.onnx.symbolic import expr_tensor, shape_tensor
 from qexport.ir.graph import Node
@@ -98,9 +98,11 @@ def lower_linear(b, node, xs, out):
     graph = b.graph
     x, w = node.inputs[0], node.inputs[1]
     integers = graph.constants[w]
-    exact = _integer_linear_inputs(b, node)
+    in_shape = (graph.values.get(x) or graph.inputs[x]).shape
+    flat = len(in_shape) == 2
+    exact = _integer_linear_inputs(b, node) or _dynamic_linear_inputs(b, node, flat)
     if exact is not None:
-        operands, rescale, late_bias = exact
+        operands, after = exact
     else:
         spec = graph.quant.get(w)
         transposed = np.ascontiguousarray(integers.T)
@@ -109,30 +111,30 @@ def lower_linear(b, node, xs, out):
             if spec is not None
             else b.initializer(w, transposed)
         )
-        operands, rescale, late_bias = [xs[0], weight] + ([xs[2]] if len(xs) > 2 and xs[2] else []), "", ""
-    in_shape = (graph.values.get(x) or graph.inputs[x]).shape
-    flat = len(in_shape) == 2
+        operands, after = [xs[0], weight] + ([xs[2]] if len(xs) > 2 and xs[2] else []), []
     if not flat:
         rows = b.const(np.array([-1, integers.shape[1]], np.int64))
         operands[0] = b.node("Reshape", [operands[0], rows], f"{out}_rows")
-    steps = [("Gemm", node.name, operands)]
-    if rescale:
-        steps.append(("Mul", f"{node.name}_rescale", [rescale]))
-    if late_bias:
-        steps.append(("Add", f"{node.name}_bias", [late_bias]))
+    steps = [("Gemm", node.name, operands), *after]
     if not flat:
         steps.append(
             ("Reshape", f"{node.name}_reshape", [shape_tensor(b, list(graph.values[node.outputs[0]].shape))])
         )
     y = ""
     for i, (op, name, inputs) in enumerate(steps):
-        result = out if i == len(steps) - 1 else f"{out}_{op.lower()}"
+        # Intermediate results: <out>_gemm, <out>_mul, <out>_add; a second Mul is <out>_mul_1.
+        repeat = sum(earlier == op for earlier, _, _ in steps[:i])
+        suffix = op.lower() + (f"_{repeat}" if repeat else "")
+        result = out if i == len(steps) - 1 else f"{out}_{suffix}"
         y = b.node(op, ([y] if y else []) + inputs, result, name=name)
 
 
-def _integer_linear_inputs(b: OnnxBuilder, node: Node) -> tuple[list[str], str, str] | None:
-    """Gemm operands as integer-valued floats, the rescale s_x·s_w, and a float bias to add
-    after it; None unless input and weight are integers the way the IR's exact Linear reads them.
+Step = tuple[str, str, list[str]]  # ONNX op, node name, inputs after the running result
+
+
+def _integer_linear_inputs(b: OnnxBuilder, node: Node) -> tuple[list[str], list[Step]] | None:
+    """Gemm operands as integer-valued floats, then the rescale by s_x·s_w (and a float bias to
+    add after it); None unless input and weight are integers the way the IR's exact Linear reads them.
 
     A float32 Gemm of integers is exact while every partial sum stays below 2²⁴ (MiniLM's worst
     case bound, 255 · Σ|q_w| + |q_b|, is 8.4 M): unfused, onnxruntime then computes the IR's
@@ -170,8 +172,47 @@ def _integer_linear_inputs(b: OnnxBuilder, node: Node) -> tuple[list[str], str, 
         operands.append(b.node("DequantizeLinear", [b_q, one], f"{bias}_integers"))
     x_scale, w_scale = b.initializer(f"{x}_scale", x_spec.scale), b.initializer(f"{w}_scale", w_spec.scale)
     rescale = b.node("Mul", [x_scale, w_scale], f"{w}_rescale")
-    late_bias = b.initializer(bias, graph.constants[bias]) if bias and b_spec is None else ""
-    return operands, rescale, late_bias
+    after: list[Step] = [("Mul", f"{node.name}_rescale", [rescale])]
+    if bias and b_spec is None:
+        after.append(("Add", f"{node.name}_bias", [b.initializer(bias, graph.constants[bias])]))
+    return operands, after
+
+
+def _dynamic_linear_inputs(b: OnnxBuilder, node: Node, flat: bool) -> tuple[list[str], list[Step]] | None:
+    """A Linear whose input is quantized per token at run time (``dynamic``, XNNPACK's
+    asymmetric rule), the way the IR's exact Linear reads it: a float32 Gemm of the steps
+    ``q - z`` (integer-valued, from the input's run-time quantizer) by the integer weights, then
+    ``· row scale``, ``· s_w`` and ``+ bias``, each rounded once as the IR does.
+
+    The integer weights are ``Cast(W_quantized)``, a constant onnxruntime folds at load. A
+    DequantizeLinear there would be rewritten into MatMulNBits, which for a float input at
+    128 rows ran ~3.5× slower than the float Gemm (docs/backend-onnx.md).
+    """
+    graph = b.graph
+    x, w = node.inputs[0], node.inputs[1]
+    bias = node.inputs[2] if len(node.inputs) > 2 else ""
+    cached = b.cache.get(f"{x}:steps")
+    if not b.integer_linears or cached is None or not steps_linear(graph, node):
+        return None
+    w_spec = graph.quant[w]
+    steps, row_scale = cached
+    if not flat:  # [batch, seq, 1] -> [rows, 1], next to the Gemm's [rows, M]
+        key = f"{x}:row_scale"
+        if key not in b.cache:
+            column = b.const(np.array([-1, 1], np.int64))
+            b.cache[key] = b.node("Reshape", [row_scale, column], f"{x}_row_scale")
+        row_scale = b.cache[key]
+    w_q = b.initializer(f"{w}_quantized", np.ascontiguousarray(graph.constants[w].T))
+    w_zero = b.initializer(f"{w}_zero_point", w_spec.zero_point.astype(np.int8))
+    real = [b.node("Cast", [t], f"{t}_float", to=onnx.TensorProto.FLOAT) for t in (w_q, w_zero)]
+    w_int = b.node("Sub", real, f"{w}_integers")  # q - z in float32: exact for int8
+    after: list[Step] = [
+        ("Mul", f"{node.name}_row_rescale", [row_scale]),
+        ("Mul", f"{node.name}_rescale", [b.initializer(f"{w}_scale", w_spec.scale)]),
+    ]
+    if bias:
+        after.append(("Add", f"{node.name}_bias", [b.initializer(bias, graph.constants[bias])]))
+    return [steps, w_int], after
 
 
 @lowers(Op.LAYER_NORM)
