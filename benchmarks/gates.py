@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
+from benchmarks.measure import ratio
 
 Result = dict[str, Any]
 
@@ -60,8 +60,8 @@ def _vs_tool(peer: str) -> Callable[[Result, dict[str, Any]], float | None]:
         other = next((r for r in result["rows"] if r["tool"] == peer and "latency_rounds_ms" in r), None)
         if other is None or "latency_rounds_ms" not in row:
             return None
-        pairs = [a / b for a, b in zip(row["latency_rounds_ms"], other["latency_rounds_ms"], strict=True)]
-        return round(float(np.median(pairs)), 3)
+        rounds = {"ours": row["latency_rounds_ms"], "peer": other["latency_rounds_ms"]}
+        return ratio(rounds, "ours", "peer")
 
     return measure
 
