@@ -16,13 +16,17 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
-import click
 import typer
 from rich.console import Console
 from typer.core import TyperGroup
 
 from qexport import __version__
 from qexport.errors import QExportError
+
+try:  # typer >= 0.20 vendors click as typer._click (its exceptions are not click's)
+    from typer._click import ClickException
+except ImportError:  # older typer runs on click itself
+    from click import ClickException  # type: ignore[no-redef]
 
 console = Console(stderr=True, highlight=False)
 out_console = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
@@ -31,12 +35,12 @@ out_console = Console(highlight=False, width=None if sys.stdout.isatty() else 20
 class _DefaultToConvert(TyperGroup):
     """Route ``qexport SRC ...`` to the ``convert`` command: no verb before SRC."""
 
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
         if args and args[0] not in self.commands and args[0] not in ("--help", "-h", "--version"):
             args = ["convert", *args]
         return super().parse_args(ctx, args)
 
-    def format_usage(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+    def format_usage(self, ctx: Any, formatter: Any) -> None:
         formatter.write_usage(
             "qexport",
             "SRC --to tflite,onnx,torch -o OUT [OPTIONS]\n"
@@ -325,15 +329,13 @@ def main(argv: list[str] | None = None) -> None:
             raise
         console.print(f"[red]qexport: error:[/] {exc}", soft_wrap=True)
         sys.exit(2)
-    except click.exceptions.Abort:
+    except (typer.Abort, KeyboardInterrupt):
         console.print("qexport: interrupted")
         sys.exit(130)
-    except click.ClickException as exc:
+    except ClickException as exc:  # usage errors: unknown option, bad value, missing SRC
         exc.show()
         sys.exit(2)
     except typer.Exit as exc:
-        sys.exit(exc.exit_code)
-    except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except Exception as exc:  # a bug in qexport: still one line unless --debug
         if debug:

