@@ -29,7 +29,7 @@ except ImportError:  # older typer runs on click itself
     from click import ClickException  # type: ignore[no-redef]
 
 console = Console(stderr=True, highlight=False)
-out_console = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
+out_console = Console(highlight=False)  # the terminal's width; $COLUMNS (else 80) when piped
 
 
 class _DefaultToConvert(TyperGroup):
@@ -114,13 +114,16 @@ def convert_cmd(
         typer.Option("--tokenizer", help="Tokenizer directory for --calib text (default: the model's own)."),
     ] = None,
     recipe: Annotated[
-        str,
+        str | None,
         typer.Option(
             "--recipe",
-            help="Recipe: int8 (static, default), int8-full (int8 Linear outputs too: fast TFLite), "
-            "dynamic, int8-mixed, int16x8, weight-only, fp32, or a .toml/.json file.",
+            help="One recipe for every target: int8 (static), int8-full (int8 Linear outputs too), "
+            "dynamic (run-time activation scales), int8-mixed, int16x8, weight-only, fp32, or a "
+            ".toml/.json file. Default: each target's fast recipe (tflite: dynamic; onnx, torch: int8), "
+            "one model.qir per recipe.",
+            show_default=False,
         ),
-    ] = "int8",
+    ] = None,
     config: Annotated[Path | None, typer.Option("--config", help="config.json for a state_dict SRC.")] = None,
     trust_pickle: Annotated[
         bool,
@@ -183,8 +186,11 @@ def convert_cmd(
         f"[green]✓[/] wrote {out}/: model.qir ({manifest['ir']['bytes']:,} bytes)"
         + "".join(f", {a['file']} ({a['bytes']:,} bytes)" for a in manifest["artifacts"])
     )
-    for note in manifest["notes"]:
-        console.print(f"[yellow]note:[/] {note}", soft_wrap=True)
+    from qexport.report.notes import applies_here
+
+    for entry in manifest["notes"]:
+        if entry["text"] and applies_here(entry):
+            console.print(f"[yellow]note:[/] {entry['text']}", soft_wrap=True)
     if not manifest["artifacts"]:
         from qexport.backends import available
 
@@ -204,9 +210,14 @@ def convert_cmd(
             raise typer.Exit(1)
 
 
-@app.command("inspect", help="Print a .qir file: inputs, outputs, ops, shapes, quant params, sizes.")
+@app.command(
+    "inspect",
+    help="Summarize a .qir file on one screen: recipe, inputs, outputs, ops, sizes, and how each layer "
+    "is quantized. --full lists every node with its inputs and quant params; --json prints the raw graph.",
+)
 def inspect_cmd(
     file: Annotated[Path, typer.Argument(help="A .qir file.", show_default=False)],
+    full: Annotated[bool, typer.Option("--full", help="List every node.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the raw graph.json instead.")] = False,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
 ) -> None:
@@ -220,7 +231,7 @@ def inspect_cmd(
         with zipfile.ZipFile(file) as zf:
             sys.stdout.write(zf.read(serde.GRAPH_MEMBER).decode())
         return
-    render(graph, file, out_console)
+    render(graph, file, out_console, full=full)
 
 
 @app.command(
@@ -296,19 +307,20 @@ def check_cmd(
 def _print_parity(doc: dict[str, Any]) -> None:
     from rich.table import Table
 
-    table = Table("reference", "candidate", "output", "cos mean", "cos min", "SQNR dB", "gate", box=None)
+    top1 = any("top1_agreement" in r for r in doc["comparisons"])
+    columns = ["reference", "candidate", "output", "cos mean", "cos min", "SQNR dB"]
+    table = Table(*columns, *(["top-1"] if top1 else []), "gate", box=None)
     for r in doc["comparisons"]:
         gate = "" if "pass" not in r else ("[green]pass[/]" if r["pass"] else "[red]FAIL[/]")
-        table.add_row(
-            r["reference"],
-            r["candidate"],
-            r["output"],
-            f"{r['cos_mean']:.5f}",
-            f"{r['cos_min']:.5f}",
-            f"{r['sqnr_db']:.2f}",
-            gate,
-        )
+        cells = [r["reference"], r["candidate"], r["output"]]
+        cells += [f"{r['cos_mean']:.5f}", f"{r['cos_min']:.5f}", f"{r['sqnr_db']:.2f}"]
+        if top1:
+            cells.append(f"{r['top1_agreement']:.4f}" if "top1_agreement" in r else "")
+        table.add_row(*cells, gate)
     console.print(table)
+    for r in doc["comparisons"]:
+        if r.get("failures"):
+            console.print(f"[red]FAIL[/] {r['candidate']}.{r['output']}: {'; '.join(r['failures'])}")
     verdict = "[green]✓ parity passed[/]" if doc["passed"] else "[red]✗ parity below threshold[/]"
     console.print(verdict + " — details in parity.json, junit.xml, report.md")
 

@@ -2,12 +2,18 @@
 
 ``convert`` is what ``qexport SRC --to ... -o OUT`` calls. It validates every argument
 before doing work, writes into a staging folder and publishes only complete results.
+
+Without ``--recipe`` each target gets its fast recipe (``Backend.default_recipe``: TFLite's
+integer kernels need ``dynamic``, onnxruntime's and torch's need ``int8``). Every recipe used
+is one exact IR: the first is ``model.qir``, the others ``model.<recipe>.qir``, and each
+artifact names the IR it was lowered from (docs/qir-format.md, "One IR per recipe").
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
@@ -18,6 +24,9 @@ from qexport import backends
 from qexport.errors import UsageError
 from qexport.ir import serde
 from qexport.outdir import MANIFEST, StagedOutput
+from qexport.report.notes import as_note
+
+DEFAULT_RECIPE = "int8"
 
 Step = Callable[[str], AbstractContextManager[Any]]
 
@@ -28,7 +37,7 @@ class ConvertOptions:
 
     to: Sequence[str] = ()
     seq_len: int = 128
-    recipe: str = "int8"
+    recipe: str | None = None  # None: each target's fast recipe (Backend.default_recipe)
     calib: Path | None = None
     tokenizer: Path | None = None
     config: Path | None = None
@@ -61,7 +70,8 @@ def parse_targets(text: str | None) -> list[str]:
 def _validate(src: str | Path, opts: ConvertOptions) -> None:
     from qexport.quant.recipe import resolve
 
-    resolve(opts.recipe)  # a bad recipe fails before any work
+    if opts.recipe is not None:
+        resolve(opts.recipe)  # a bad recipe fails before any work
     for flag, path in (("--calib", opts.calib), ("--tokenizer", opts.tokenizer), ("--config", opts.config)):
         if path is not None and not Path(path).exists():
             raise UsageError(f"{flag} {path}: no such file or directory")
@@ -98,43 +108,71 @@ def convert(src: str | Path, out: Path, opts: ConvertOptions, step: Step | None 
             backend.gemm = opts.torch_gemm
         if backend.name == "onnx" and hasattr(backend, "integer_linears"):
             backend.integer_linears = opts.onnx_linears == "integer"
+    plan = recipe_plan(targets, opts.recipe)
     with StagedOutput(out) as stage:
         with step("capturing the model with torch.export"):
             captured = capture_source(
                 src, seq_len=opts.seq_len, config=opts.config, trust_pickle=opts.trust_pickle
             )
-        graph = _quantize(captured, opts, step)
-        for backend in targets:
-            backend.check(graph)  # every backend vets the graph before any file is written
-        with step("writing model.qir"):
-            serde.save(graph, stage.dir / "model.qir")
-        artifacts = []
-        for backend in targets:
-            file = f"model{backend.suffix}"
-            with step(f"lowering to {backend.name}"):
-                facts = backend.lower(graph, stage.dir / file)
-            artifacts.append(
-                {"backend": backend.name, "file": file, **_file_facts(stage.dir / file), **facts}
+        graphs = _quantize(captured, list(plan), opts, step)
+        for recipe, users in plan.items():
+            for backend in users:
+                backend.check(graphs[recipe])  # every backend vets its graph before any file is written
+        irs, artifacts = [], []
+        for index, (recipe, users) in enumerate(plan.items()):
+            graph = graphs[recipe]
+            ir_file = (
+                "model.qir" if index == 0 else f"model.{_file_safe(graph.metadata['recipe']['name'])}.qir"
             )
+            with step(f"writing {ir_file}"):
+                serde.save(graph, stage.dir / ir_file)
+            irs.append(
+                {
+                    "file": ir_file,
+                    "recipe": graph.metadata["recipe"]["name"],
+                    **_file_facts(stage.dir / ir_file),
+                }
+            )
+            for backend in users:
+                file = f"model{backend.suffix}"
+                with step(f"lowering to {backend.name} (recipe {graph.metadata['recipe']['name']})"):
+                    facts = backend.lower(graph, stage.dir / file)
+                artifacts.append(
+                    {
+                        "backend": backend.name,
+                        "file": file,
+                        "ir": ir_file,
+                        **_file_facts(stage.dir / file),
+                        **facts,
+                    }
+                )
+        first = graphs[next(iter(plan))]
         manifest = {
-            "qexport_version": graph.metadata.get("qexport_version"),
+            "qexport_version": first.metadata.get("qexport_version"),
             "source": {
-                "path": str(src),
+                "path": str(Path(src).absolute()) if not str(src).startswith("builtin:") else str(src),
                 "kind": captured.source.kind,
                 "sha256": captured.source.sha256,
-                "architecture": graph.metadata.get("architecture"),
+                "architecture": first.metadata.get("architecture"),
+                "config": None if opts.config is None else str(Path(opts.config).absolute()),
+                "trust_pickle": opts.trust_pickle,
             },
             "shapes": {
                 "seq_len": opts.seq_len,
-                "dynamic": graph.metadata["capture"]["dynamic_shapes"],
-                "inputs": {n: [*v.shape] for n, v in graph.inputs.items()},
-                "outputs": {n: [*graph.values[v].shape] for n, v in graph.outputs.items()},
+                "dynamic": first.metadata["capture"]["dynamic_shapes"],
+                "inputs": {n: [*v.shape] for n, v in first.inputs.items()},
+                "input_defaults": first.metadata.get("input_defaults", {}),
+                "outputs": {n: [*first.values[v].shape] for n, v in first.outputs.items()},
             },
-            "recipe": graph.metadata["recipe"],
-            "calibration": graph.metadata.get("calibration"),
-            "ir": {"file": "model.qir", **_file_facts(stage.dir / "model.qir")},
+            "recipe": first.metadata["recipe"],
+            "calibration": next(
+                (g.metadata["calibration"] for g in graphs.values() if g.metadata.get("calibration")), None
+            ),
+            "ir": irs[0],
+            "irs": irs,
             "artifacts": artifacts,
-            "notes": graph.metadata.get("notes", []) + [n for a in artifacts for n in a.pop("notes", [])],
+            "notes": [as_note(n) for n in first.metadata.get("notes", [])]
+            + [as_note(n) for a in artifacts for n in a.pop("notes", [])],
         }
         (stage.dir / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
         stage.publish()
@@ -142,15 +180,27 @@ def convert(src: str | Path, out: Path, opts: ConvertOptions, step: Step | None 
     return manifest
 
 
-def _quantize(captured: Any, opts: ConvertOptions, step: Step) -> Any:
+def recipe_plan(targets: Sequence[Any], recipe: str | None) -> dict[str, list[Any]]:
+    """Recipe name -> the backends lowered from it, in the order of ``targets``."""
+    plan: dict[str, list[Any]] = {}
+    for backend in targets:
+        plan.setdefault(recipe or getattr(backend, "default_recipe", DEFAULT_RECIPE), []).append(backend)
+    return plan or {recipe or DEFAULT_RECIPE: []}
+
+
+def _file_safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", name)
+
+
+def _quantize(captured: Any, recipes: list[str], opts: ConvertOptions, step: Step) -> dict[str, Any]:
+    """One quantized IR per recipe, from one capture and (when a recipe needs it) one calibration set."""
     from qexport.quant.calibration import load_calibration
     from qexport.quant.engine import quantize_graph
     from qexport.quant.recipe import resolve
 
-    recipe = resolve(opts.recipe)
     graph = captured.graph
     calib = None
-    if recipe.quantizes_activations:
+    if any(resolve(r).quantizes_activations for r in recipes):
         tokenizer = opts.tokenizer or captured.source.tokenizer_dir
         calib = load_calibration(
             graph,
@@ -160,10 +210,16 @@ def _quantize(captured: Any, opts: ConvertOptions, step: Step) -> Any:
         )
         for warning in calib.warnings:
             graph.metadata.setdefault("notes", []).append(warning)
-    with step(
-        f"quantizing with recipe {recipe.name!r}" + (f" ({calib.size} calibration samples)" if calib else "")
-    ):
-        return quantize_graph(graph, recipe, calib)
+    graphs = {}
+    for name in recipes:
+        recipe = resolve(name)
+        used = calib if recipe.quantizes_activations else None
+        with step(
+            f"quantizing with recipe {recipe.name!r}"
+            + (f" ({used.size} calibration samples)" if used else "")
+        ):
+            graphs[name] = quantize_graph(graph, recipe, used)
+    return graphs
 
 
 def _file_facts(path: Path) -> dict[str, Any]:

@@ -20,7 +20,7 @@ def verify_outdir(out: Path) -> dict[str, Any]:
         raise QExportError(f"{out}: no {MANIFEST}; pass a directory written by `qexport SRC -o OUT`")
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
-        entries = [manifest["ir"], *manifest["artifacts"]]
+        entries = [*ir_entries(manifest), *manifest["artifacts"]]
         files = [(e["file"], e["sha256"], e["bytes"]) for e in entries]
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as exc:
         raise QExportError(f"{path}: unreadable manifest ({exc}); re-run the conversion") from None
@@ -30,5 +30,11 @@ def verify_outdir(out: Path) -> dict[str, Any]:
             raise QExportError(f"{target}: listed in the manifest but missing; re-run the conversion")
         if target.stat().st_size != size or sha256_file(target) != sha:
             raise QExportError(f"{target}: sha256 does not match the manifest (modified or corrupt)")
-    serde.load(out / Path(str(manifest["ir"]["file"])).name)
+    for entry in ir_entries(manifest):
+        serde.load(out / Path(str(entry["file"])).name)
     return manifest
+
+
+def ir_entries(manifest: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every IR the manifest lists: one per recipe used (``irs``), or the single ``ir``."""
+    return list(manifest.get("irs") or [manifest["ir"]])

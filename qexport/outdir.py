@@ -6,11 +6,16 @@ last — so a reader that trusts the manifest never sees a mix of runs. A failed
 leaves OUT as it was; its staging folder is removed (after SIGKILL: by the next run).
 While files are being renamed into OUT its manifest is absent, so a crash inside that window
 leaves an OUT that ``check`` reports as incomplete (exit 2), never a mixed set with a manifest.
+
+OUT holds exactly one run: publishing first removes what the previous run wrote there (the
+files its manifest lists, and the parity check's products), never other files. Concurrent
+runs are serialized by an flock on the OUT directory itself, so no lock file is left behind.
 """
 
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import shutil
 import tempfile
@@ -19,6 +24,7 @@ from pathlib import Path
 from qexport.errors import OutputError
 
 MANIFEST = "manifest.json"
+CHECK_PRODUCTS = ("parity.json", "junit.xml", "report.md")  # and bisect_*.png
 
 
 class StagedOutput:
@@ -49,19 +55,36 @@ class StagedOutput:
 
         The lock serializes concurrent runs into the same OUT, so the final set is one run's.
         """
-        lock_path = self.out.absolute().parent / f".{self.out.name}.lock"
         try:
-            with open(lock_path, "a+b") as lock:
-                fcntl.flock(lock, fcntl.LOCK_EX)
-                self.out.mkdir(parents=True, exist_ok=True)
+            self.out.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.out, os.O_RDONLY)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
                 names = sorted(p.name for p in self.dir.iterdir() if p.name != MANIFEST)
+                stale = previous_run_files(self.out)
                 (self.out / MANIFEST).unlink(missing_ok=True)  # no manifest while the set changes
+                for name in sorted(stale - set(names)):
+                    (self.out / name).unlink(missing_ok=True)
                 for name in [*names, MANIFEST]:
                     if (self.dir / name).exists():
                         os.replace(self.dir / name, self.out / name)
                 _fsync_dir(self.out)
+            finally:
+                os.close(fd)  # closing releases the flock
         except OSError as exc:
             raise OutputError(f"{self.out}: cannot publish the results ({exc.strerror})") from None
+
+
+def previous_run_files(out: Path) -> set[str]:
+    """Names of the files a previous qexport run left in OUT (its manifest's and check's)."""
+    names = {p.name for p in out.glob("bisect_*.png")} | {n for n in CHECK_PRODUCTS if (out / n).exists()}
+    try:
+        manifest = json.loads((out / MANIFEST).read_text(encoding="utf-8"))
+        entries = [*(manifest.get("irs") or [manifest.get("ir")]), *manifest.get("artifacts", [])]
+        names |= {Path(str(e["file"])).name for e in entries if isinstance(e, dict) and "file" in e}
+    except (OSError, ValueError, TypeError, AttributeError, KeyError):
+        pass  # no readable manifest: only the check's products are known to be ours
+    return names
 
 
 def _fsync_dir(path: Path) -> None:

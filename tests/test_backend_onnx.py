@@ -167,7 +167,7 @@ def test_dynamic_recipe_lowers_and_agrees(minilm, backend, tmp_path, docstring_t
     path = tmp_path / "dyn.onnx"
     facts = backend.lower(graph, path)
     # no integer kernel in onnxruntime for per-token scales: the user is told which recipe is fast
-    assert any("--recipe int8 is the fast ONNX recipe" in n for n in facts["notes"]), facts
+    assert any("int8 is the fast ONNX recipe" in n["text"] for n in facts["notes"]), facts
     # Every Linear is a float Gemm of the run-time integer steps q - z by Cast(int8 weight), not
     # a DequantizeLinear that onnxruntime would turn into MatMulNBits (~3.5x slower here).
     import onnxruntime as ort

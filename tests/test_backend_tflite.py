@@ -299,13 +299,16 @@ def test_unwritable_output(tiny_model_dirs, backend, tmp_path):
 
 def test_cli_writes_tflite_and_checks_it(tiny_model_dirs, tmp_path):
     out = tmp_path / "out"
-    result = run_cli(str(tiny_model_dirs["bert"]), "--to", "tflite", "-o", str(out), "--seq-len", "32")
+    result = run_cli(
+        str(tiny_model_dirs["bert"]), "--to", "tflite", "-o", str(out), "--seq-len", "32", "--recipe", "int8"
+    )
     assert result.returncode in (0, 1), result.stderr  # random-init weights: parity may be low
     manifest = json.loads((out / "manifest.json").read_text())
     (artifact,) = manifest["artifacts"]
     assert artifact["backend"] == "tflite" and artifact["input_shape"] == [1, 32]
-    # the default recipe keeps Linear outputs float: the user is told it runs at float speed
-    assert any("--recipe int8-full" in note for note in manifest["notes"]), manifest["notes"]
-    assert "--recipe int8-full" in result.stderr.replace("\n", " ")
+    # int8 keeps Linear outputs float: the user is told it runs at float speed, and what is fast
+    texts = [n["text"] for n in manifest["notes"]]
+    assert any("dynamic is the fast TFLite recipe" in t for t in texts), texts
+    assert "dynamic is the fast TFLite recipe" in result.stderr.replace("\n", " ")
     report = json.loads((out / "parity.json").read_text())
     assert any(row["candidate"] == "tflite" for row in report["comparisons"])

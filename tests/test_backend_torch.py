@@ -136,10 +136,10 @@ def test_the_program_runs_the_gemm_asked_for(tiny_model_dirs, tmp_path, gemm):
     program = torch.export.load(str(tmp_path / "m.pt2"))
     targets = {str(n.target) for n in program.graph.nodes if n.op == "call_function"}
     assert facts["gemm"] == gemm and ("aten._int_mm.default" in targets) == (gemm == "int8")
-    assert facts["notes"][0].startswith(
-        "torch: integer Linears run torch._int_mm"
+    assert facts["notes"][0]["text"].startswith(
+        "torch: model.pt2 multiplies with torch._int_mm"
         if gemm == "int8"
-        else "torch: integer Linears run float32 matmuls"
+        else "torch: model.pt2 multiplies in float32"
     )
 
 

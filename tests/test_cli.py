@@ -58,7 +58,7 @@ def test_check_verifies_hashes_and_rejects_a_modified_file(converted, tmp_path):
 
 
 def test_inspect_prints_ops_shapes_and_names(converted):
-    result = run_cli("inspect", str(converted / "model.qir"))
+    result = run_cli("inspect", str(converted / "model.qir"), "--full")
     assert result.returncode == 0, result.stderr
     assert "encoder.layer.1.intermediate.dense" in result.stdout
     assert "input_ids: int64[batch, seq]" in result.stdout

@@ -19,21 +19,24 @@ from qexport.backends.onnx.cpu import (
 from qexport.errors import QExportError
 from qexport.ir.graph import Graph, Node, QuantSpec
 from qexport.ir.ops import Op
+from qexport.report.notes import WITHOUT_VNNI, note
 
 # 21: int16 and per-axis int8 QuantizeLinear/DequantizeLinear; 23: the Attention op
 # (backends/onnx/attention.py). IR version 11 is the one opset 23 came with (onnx 1.18).
 OPSET = 23
 IR_VERSION = 11
 PRODUCER = "qexport"
-PRECISION_NOTE = (
-    "onnx: on x86 CPUs without VNNI (AVX2-only) create the onnxruntime session with "
-    "SessionOptions.add_session_config_entry('session.x64quantprecision', '1'); without it "
-    "onnxruntime's U8S8 kernels saturate and the int8 Linears lose accuracy (docs/backend-onnx.md)"
+PRECISION_NOTE = note(
+    "onnx: on this CPU (no VNNI) open model.onnx with session config 'session.x64quantprecision' = '1'",
+    "onnxruntime's U8S8 kernels saturate on x86 CPUs without VNNI (AVX2-only) and the int8 Linears "
+    "lose accuracy unless the session sets it (docs/backend-onnx.md); the manifest's "
+    "session_config_x86_without_vnni lists it",
+    cpu=WITHOUT_VNNI,
 )
-SPEED_NOTE = (
-    "onnx: create the onnxruntime session with SessionOptions.add_session_config_entry("
-    "'session.set_denormal_as_zero', '1'): softmax over padded positions otherwise runs on "
-    "denormals (MiniLM int8 ~25 % slower, same outputs; docs/backend-onnx.md)"
+SPEED_NOTE = note(
+    "onnx: open model.onnx with the manifest's session_config (denormals as zero: ~25 % faster)",
+    "SessionOptions.add_session_config_entry('session.set_denormal_as_zero', '1'): softmax over padded "
+    "positions otherwise runs on denormals (MiniLM int8 ~25 % slower, same outputs; docs/backend-onnx.md)",
 )
 # How integer Linears are written (--onnx-linears; docs/backend-onnx.md, "Graph optimizations").
 LINEAR_FORMS = ("integer", "qdq")
@@ -42,6 +45,7 @@ _LAZY = {"Linear": 1, "Gather": 0}  # inputs whose layout the op's own lowering 
 
 class OnnxBackend:
     name = "onnx"
+    default_recipe = "int8"  # onnxruntime's QGemm needs a static 8-bit input
     suffix = ".onnx"
 
     def __init__(self, fuse_attention: bool = True, integer_linears: bool = True) -> None:
@@ -238,7 +242,7 @@ def float_linears(graph: Graph, integer_linears: bool = True) -> int:
     )
 
 
-def slow_path_notes(graph: Graph, integer_linears: bool = True) -> list[str]:
+def slow_path_notes(graph: Graph, integer_linears: bool = True) -> list[dict[str, Any]]:
     """What in this graph onnxruntime cannot run on its integer kernels (docs/backend-onnx.md):
     it fuses QGemm only for a static per-tensor 8-bit input, an int8 weight and a per-tensor
     (or float) output."""
@@ -252,24 +256,34 @@ def slow_path_notes(graph: Graph, integer_linears: bool = True) -> list[str]:
     notes = []
     if integer_linears and (steps := sum(steps_linear(graph, node) for node in graph.nodes)):
         notes.append(
-            f"onnx: {steps} Linears have per-token (run-time) input scales, which no onnxruntime "
-            "integer kernel takes: they run as float32 Gemms of the integer steps, the IR's numbers "
-            "but slower than fp32 (MiniLM dynamic ~1.3x). --recipe int8 is the fast ONNX recipe"
+            note(
+                f"onnx: {steps} Linears with run-time input scales run as float Gemms (slower than fp32); "
+                "int8 is the fast ONNX recipe",
+                "No onnxruntime integer kernel takes per-token (run-time) input scales: they run as "
+                "float32 Gemms of the integer steps, the IR's numbers but slower than fp32 (MiniLM "
+                "dynamic ~1.3x; docs/backend-onnx.md)",
+            )
         )
     if count := float_linears(graph, integer_linears):
         notes.append(
-            f"onnx: {count} quantized Linears have dynamic, int16 or no input quantization; "
-            "onnxruntime runs them as float MatMuls on the int8 weights (no faster than fp32). "
-            "--recipe int8 is the fast ONNX recipe. Create the session with "
-            "SessionOptions.add_session_config_entry('session.qdq_matmulnbits_accuracy_level', '1'): "
-            "onnxruntime's default (4) re-quantizes their float inputs to int8 at run time "
-            "(MiniLM dynamic: 30 instead of 36 dB vs the IR; docs/backend-onnx.md)"
+            note(
+                f"onnx: {count} quantized Linears run as float MatMuls (no faster than fp32); "
+                "int8 is the fast ONNX recipe",
+                "Linears with dynamic, int16 or no input quantization run as float MatMuls on the int8 "
+                "weights. Create the session with SessionOptions.add_session_config_entry("
+                "'session.qdq_matmulnbits_accuracy_level', '1'): onnxruntime's default (4) re-quantizes "
+                "their float inputs to int8 at run time (MiniLM dynamic: 30 instead of 36 dB vs the IR; "
+                "docs/backend-onnx.md)",
+            )
         )
     if per_channel_outputs:
         notes.append(
-            f"onnx: {per_channel_outputs} Linear outputs carry per-channel (outlier) params; "
-            "they are quantized with float ops (onnxruntime's per-axis QuantizeLinear is ~30x "
-            "slower) and the file runs at about fp32 speed. --recipe int8 is the fast ONNX recipe"
+            note(
+                f"onnx: {per_channel_outputs} per-channel Linear outputs are quantized with float ops "
+                "(about fp32 speed); int8 is the fast ONNX recipe",
+                "onnxruntime's per-axis QuantizeLinear is ~30x slower than float ops, so outputs with "
+                "per-channel (outlier) params are quantized with float ops (docs/backend-onnx.md)",
+            )
         )
     return notes
 

@@ -12,12 +12,14 @@ from qexport.atomic import write_bytes
 from qexport.errors import QExportError
 from qexport.ir.graph import Graph
 from qexport.ir.ops import Op
+from qexport.report.notes import note
 
 FLOAT_OPS = (Op.LAYER_NORM, Op.SOFTMAX, Op.GELU, Op.MATMUL, Op.TANH, Op.DIV, Op.EXP, Op.SQRT, Op.RSQRT)
 
 
 class TfliteBackend:
     name = "tflite"
+    default_recipe = "dynamic"  # TFLite's int8 FCs need integer outputs or run-time input scales
     suffix = ".tflite"
 
     def __init__(self, *, integer_io: bool = False) -> None:
@@ -70,10 +72,13 @@ class TfliteBackend:
         slow = float_speed_linears(graph)
         if slow:
             result["notes"] = [
-                f"tflite: {slow} quantized Linears run as float FULLY_CONNECTED (int8 in the file, "
-                "fp32 speed): TFLite's int8 FC must write int8 and this recipe keeps Linear outputs "
-                "float. For integer FCs use --recipe int8-full or --recipe dynamic "
-                "(docs/backend-tflite.md)"
+                note(
+                    f"tflite: {slow} Linears run as float FULLY_CONNECTED (fp32 speed); "
+                    "dynamic is the fast TFLite recipe",
+                    "TFLite's int8 FULLY_CONNECTED must write int8, and this recipe keeps Linear outputs "
+                    "float, so the int8 weights are multiplied in float. --recipe int8-full or dynamic "
+                    "give integer FCs (docs/backend-tflite.md)",
+                )
             ]
         return result
 

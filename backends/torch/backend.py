@@ -13,6 +13,7 @@ from qexport.atomic import write_bytes
 from qexport.backends.cpu import cpu_flags, is_x86
 from qexport.errors import QExportError
 from qexport.ir.graph import Graph
+from qexport.report.notes import WITHOUT_VNNI, note
 
 GEMM_CHOICES = ("auto", "int8", "float")
 _INT_MM_FLAGS = ("avx512_vnni", "amx_int8")
@@ -46,6 +47,7 @@ class TorchBackend:
     or ``auto`` (decided by the CPU converting, recorded in the manifest)."""
 
     name = "torch"
+    default_recipe = "int8"
     suffix = ".pt2"
 
     def __init__(self, *, gemm: str = "auto") -> None:
@@ -78,7 +80,7 @@ class TorchBackend:
             spec = {}
             for i, d in enumerate(info.shape):
                 if isinstance(d, str):
-                    low = 3 if d == "seq" else 1  # as at capture (MobileBERT guards seq - 1 != 1)
+                    low = 1  # the IR has no guard on its dims: [CLS][SEP] (2 tokens) and 1 token run too
                     high = (graph.metadata.get("capture", {}).get("max_seq") or 4096) if d == "seq" else 1024
                     dims.setdefault(d, torch.export.Dim(d, min=low, max=high))
                     spec[i] = dims[d]
@@ -92,6 +94,8 @@ class TorchBackend:
                     f"torch backend: torch.export failed ({type(exc).__name__}: "
                     f"{str(exc).splitlines()[0][:200] if str(exc) else ''})"
                 ) from None
+            for node in program.graph.nodes:  # source lines of this install: not part of the artifact
+                node.meta.pop("stack_trace", None)
             buffer = io.BytesIO()
             torch.export.save(program, buffer)
         write_bytes(Path(path), buffer.getvalue())
@@ -114,17 +118,20 @@ class TorchBackend:
         return {k: v.numpy() for k, v in out.items()}
 
 
-def _gemm_note(gemm: str, asked: str) -> str:
+def _gemm_note(gemm: str, asked: str) -> dict[str, Any]:
     why = " (this CPU's choice: --torch-gemm auto)" if asked == "auto" else ""
     if gemm == "int8":
-        return (
-            f"torch: integer Linears run torch._int_mm{why}; it is fast only on x86 CPUs with AVX-512 "
-            "VNNI or AMX and a scalar loop elsewhere (~50x slower than a float matmul on an AVX2 EPYC, measured): "
-            "deploy this .pt2 on such CPUs, or convert with --torch-gemm float"
+        return note(
+            "torch: model.pt2 multiplies with torch._int_mm: deploy it on x86 with AVX-512 VNNI or AMX",
+            f"Integer Linears run torch._int_mm{why}; it is fast only on x86 CPUs with AVX-512 VNNI or "
+            "AMX and a scalar loop elsewhere (~50x slower than a float matmul on an AVX2 EPYC, measured). "
+            "--torch-gemm float gives a .pt2 for any CPU (docs/backend-torch.md)",
+            cpu=None if asked != "auto" else WITHOUT_VNNI,
         )
-    return (
-        f"torch: integer Linears run float32 matmuls of the IR's integers{why}: exact, fp32 speed, "
-        "any CPU; for AVX-512 VNNI / AMX servers, --torch-gemm int8 uses torch._int_mm (faster there)"
+    return note(
+        "torch: model.pt2 multiplies in float32 (exact, fp32 speed); --torch-gemm int8 is faster on VNNI/AMX",
+        f"Integer Linears run float32 matmuls of the IR's integers{why}: exact, fp32 speed, any CPU; for "
+        "AVX-512 VNNI / AMX servers, --torch-gemm int8 uses torch._int_mm (docs/backend-torch.md)",
     )
 
 

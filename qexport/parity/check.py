@@ -2,7 +2,9 @@
 
 Comparisons (per model output): torch fp32 vs IR float (capture fidelity), torch fp32 vs IR
 simulation (quantization error), IR simulation vs each artifact (lowering + kernel error),
-torch fp32 vs each artifact (what ships — the gated one), and artifacts pairwise.
+torch fp32 vs each artifact (what ships — the gated one), and artifacts pairwise. With one IR
+per recipe (the default command), each artifact is compared with the simulation of its own IR,
+named ``ir_simulated:RECIPE``.
 Writes parity.json, junit.xml and report.md into OUT. Keys are documented in docs/parity.md.
 """
 
@@ -20,7 +22,7 @@ import numpy as np
 
 from qexport.atomic import write_bytes
 from qexport.errors import QExportError, UsageError
-from qexport.integrity import verify_outdir
+from qexport.integrity import ir_entries, verify_outdir
 from qexport.ir import serde
 from qexport.parity.junit import junit_xml
 from qexport.parity.metrics import compare
@@ -60,6 +62,10 @@ def load_thresholds(pyproject: Path | None, **flags: float | None) -> Thresholds
             )
         values.update({k: float(v) for k, v in section.items()})
     values.update({k: float(v) for k, v in flags.items() if v is not None})
+    for key in ("min_cos", "min_agreement"):
+        if not 0.0 <= values[key] <= 1.0:
+            flag = "--" + key.replace("_", "-")
+            raise UsageError(f"{flag} must be between 0 and 1 (a fraction), got {values[key]}")
     return Thresholds(**values)
 
 
@@ -133,11 +139,20 @@ def check_outdir(
     step = step or (lambda _label: nullcontext())
     out = Path(out)
     manifest = verify_outdir(out)
-    graph = serde.load(out / manifest["ir"]["file"])
+    ir_files = [e["file"] for e in ir_entries(manifest)]
+    graphs = {f: serde.load(out / f) for f in ir_files}
+    graph = graphs[ir_files[0]]
+    sim_name = {
+        f: "ir_simulated" if len(ir_files) == 1 else f"ir_simulated:{g.metadata['recipe']['name']}"
+        for f, g in graphs.items()
+    }
     seq_len = int(manifest["shapes"]["seq_len"])
     if captured is None:
         with step("re-capturing the fp32 source for reference"):
-            src = manifest["source"]["path"]
+            source = manifest["source"]
+            src = source["path"]
+            config = config or (Path(source["config"]) if source.get("config") else None)
+            trust_pickle = trust_pickle or bool(source.get("trust_pickle"))
             try:
                 captured = capture_source(src, seq_len=seq_len, config=config, trust_pickle=trust_pickle)
             except QExportError as exc:
@@ -161,8 +176,9 @@ def check_outdir(
         results = {
             "torch_fp32": _batched(torch_fp32, inputs),
             "ir_float": _batched(lambda b: run(captured.graph, b, simulate=False), inputs),
-            "ir_simulated": _batched(lambda b: run(graph, b), inputs),
         }
+        for file, g in graphs.items():
+            results[sim_name[file]] = _batched(lambda b, g=g: run(g, b), inputs)
     for artifact in manifest["artifacts"]:
         backend = backends.get(artifact["backend"])
         with step(f"running {artifact['file']} with {backend.name}"):
@@ -170,9 +186,10 @@ def check_outdir(
                 lambda b, be=backend, a=artifact: be.run(out / a["file"], b), inputs
             )
 
-    pairs = [("torch_fp32", "ir_float"), ("torch_fp32", "ir_simulated")]
+    pairs = [("torch_fp32", "ir_float")] + [("torch_fp32", sim_name[f]) for f in ir_files]
     names = [a["backend"] for a in manifest["artifacts"]]
-    pairs += [("ir_simulated", n) for n in names] + [("torch_fp32", n) for n in names]
+    pairs += [(sim_name[a.get("ir", ir_files[0])], a["backend"]) for a in manifest["artifacts"]]
+    pairs += [("torch_fp32", n) for n in names]
     pairs += [(a, b) for i, a in enumerate(names) for b in names[i + 1 :]]
     comparisons = []
     for ref_name, cand_name in pairs:
@@ -196,6 +213,7 @@ def check_outdir(
         if row.get("nonfinite"):
             failures.append(f"{row['nonfinite']} non-finite values")
         row["pass"] = not failures
+        row["failures"] = failures
         cases.append(
             {
                 "name": f"{row['candidate']}.{row['output']}",
@@ -215,19 +233,22 @@ def check_outdir(
         },
         "calibration": manifest.get("calibration"),
         "recipe": manifest.get("recipe"),
+        "irs": [{"file": e["file"], "recipe": e.get("recipe")} for e in ir_entries(manifest)],
         "comparisons": comparisons,
     }
     if bisect:
         with step("bisecting layer by layer"):
-            doc["bisect"] = _bisect(out, manifest, captured.graph, graph, inputs)
+            doc["bisect"] = _bisect(out, manifest, captured.graph, graphs, inputs)
     write_bytes(out / "parity.json", (json.dumps(doc, indent=2, allow_nan=True) + "\n").encode())
     write_bytes(out / "junit.xml", junit_xml(cases))
     write_bytes(out / "report.md", render_markdown(doc).encode())
     return doc
 
 
-def _bisect(out: Path, manifest: dict, float_graph: Any, graph: Any, inputs: dict, samples: int = 4) -> dict:
-    """Per-value SQNR for every backend that exposes intermediates; a verdict and a plot each."""
+def _bisect(
+    out: Path, manifest: dict, float_graph: Any, graphs: dict[str, Any], inputs: dict, samples: int = 4
+) -> dict:
+    """Per-value SQNR for every backend that exposes intermediates, against its own IR; a verdict and a plot each."""
     from qexport import backends
     from qexport.parity.bisect import plot, trace, verdict
     from qexport.reference.executor import run
@@ -236,10 +257,12 @@ def _bisect(out: Path, manifest: dict, float_graph: Any, graph: Any, inputs: dic
     mask = chunk.get("attention_mask")
     order = [n.outputs[0] for n in float_graph.nodes]
     fp32 = run(float_graph, chunk, simulate=False, keep=order)
-    simulated = run(graph, chunk, keep=order)
+    first = next(iter(graphs))
+    simulations = {f: run(g, chunk, keep=order) for f, g in graphs.items()}
     result: dict[str, Any] = {}
-    targets = [(a["backend"], a["file"]) for a in manifest["artifacts"]] or [("ir", None)]
-    for name, file in targets:
+    targets = [(a["backend"], a["file"], a.get("ir", first)) for a in manifest["artifacts"]]
+    for name, file, ir_file in targets or [("ir", None, first)]:
+        simulated = simulations[ir_file]
         backend_values = None
         if file is not None:
             backend = backends.get(name)
@@ -263,6 +286,10 @@ def _bisect(out: Path, manifest: dict, float_graph: Any, graph: Any, inputs: dic
     return result
 
 
+def _has_top1(doc: dict[str, Any]) -> bool:
+    return any("top1_agreement" in r for r in doc["comparisons"])
+
+
 def render_markdown(doc: dict[str, Any]) -> str:
     t = doc["thresholds"]
     lines = [
@@ -275,16 +302,18 @@ def render_markdown(doc: dict[str, Any]) -> str:
             if doc.get("calibration")
             else ""
         ),
-        f"Gate: torch fp32 vs each artifact, cosine mean ≥ {t['min_cos']}, SQNR ≥ {t['min_sqnr']} dB.",
+        f"Gate: torch fp32 vs each artifact, cosine mean ≥ {t['min_cos']}, SQNR ≥ {t['min_sqnr']} dB"
+        + (f", top-1 agreement ≥ {t['min_agreement']} (logits)." if _has_top1(doc) else "."),
         "",
-        "| reference | candidate | output | cos mean | cos min | SQNR dB | max abs | gate |",
-        "|---|---|---|---|---|---|---|---|",
+        "| reference | candidate | output | cos mean | cos min | SQNR dB | max abs | top-1 | gate |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in doc["comparisons"]:
-        gate = "" if "pass" not in r else ("pass" if r["pass"] else "**FAIL**")
+        gate = "" if "pass" not in r else ("pass" if r["pass"] else "**FAIL**: " + "; ".join(r["failures"]))
+        top1 = f"{r['top1_agreement']:.4f}" if "top1_agreement" in r else ""
         lines.append(
             f"| {r['reference']} | {r['candidate']} | {r['output']} | {r['cos_mean']:.5f} | "
-            f"{r['cos_min']:.5f} | {r['sqnr_db']:.2f} | {r['max_abs']:.3g} | {gate} |"
+            f"{r['cos_min']:.5f} | {r['sqnr_db']:.2f} | {r['max_abs']:.3g} | {top1} | {gate} |"
         )
     for name, b in (doc.get("bisect") or {}).items():
         v = b["verdict"]
