@@ -83,6 +83,40 @@ def _accuracy(issue: int, tool: str) -> list[Gate]:
     ]
 
 
+def _default_command_gates() -> list[Gate]:
+    """#24: the files `qexport SRC` writes without --recipe (each backend's default_recipe) are
+    the fast ones on their runtime and pass the default parity check (cosine 0.995, 20 dB)."""
+    from qexport.backends.onnx.backend import OnnxBackend
+    from qexport.backends.tflite.backend import TfliteBackend
+
+    tflite = f"qexport {TfliteBackend.default_recipe} (.tflite)"
+    onnx = "qexport " + OnnxBackend.default_recipe
+    gates = [
+        Gate(
+            24,
+            "default TFLite file: latency x LiteRT fp32",
+            tflite,
+            _field("latency_vs_runtime_fp32"),
+            "<=",
+            0.4,
+        ),
+        Gate(
+            24,
+            "default ONNX file: latency x onnxruntime fp32",
+            onnx,
+            _field("latency_vs_runtime_fp32"),
+            "<=",
+            0.5,
+        ),
+    ]
+    for tool in (tflite, onnx):
+        gates += [
+            Gate(24, "default check: cosine mean vs fp32", tool, _field("cos_mean"), ">=", 0.995),
+            Gate(24, "default check: SQNR vs fp32 (dB)", tool, _field("sqnr_db"), ">=", 20.0),
+        ]
+    return gates
+
+
 ONNX, TORCH = "qexport int8", "qexport int8 (.pt2)"
 # TFLite: the default int8 file keeps Linear outputs float, so its FCs run as float (fp32
 # speed, docs/backend-tflite.md); the `dynamic` file is the one with integer FCs, hence the
@@ -104,6 +138,7 @@ GATES: tuple[Gate, ...] = (
     ),
     Gate(5, "latency x the ai-edge-quantizer dynamic file", TFLITE, _vs_tool(AEQ_PEER), "<=", 1.0),
     Gate(6, "latency x torch eager fp32", TORCH, _field("latency_vs_runtime_fp32"), "<=", 0.6),
+    *_default_command_gates(),
 )
 
 

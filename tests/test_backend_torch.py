@@ -193,4 +193,4 @@ def test_cli_records_the_gemm_and_tells_the_user(tiny_model_dirs, tmp_path):
     assert result.returncode == 0, result.stderr
     (artifact,) = json.loads((out / "manifest.json").read_text())["artifacts"]
     assert artifact["gemm"] == "float"
-    assert "float32 matmuls of the IR's integers" in result.stderr.replace("\n", " ")
+    assert "model.pt2 multiplies in float32" in result.stderr.replace("\n", " ")
