@@ -247,8 +247,8 @@ def test_per_channel_activations_quantize_like_the_ir_bit_for_bit():
 
     from qexport.backends.onnx.backend import IR_VERSION, OPSET
     from qexport.backends.onnx.builder import OnnxBuilder
+    from qexport.ir import arith
     from qexport.ir.graph import Graph, QDType, QuantSpec
-    from qexport.quant import arith
 
     channels = 8
     scale = np.where(np.arange(channels) % 3 == 0, 0.25, 0.0371).astype(np.float32)

@@ -13,9 +13,9 @@ from qexport.backends import get
 from qexport.backends.tflite import lowering
 from qexport.backends.tflite.backend import float_speed_linears, inspect_ops
 from qexport.errors import QExportError
+from qexport.ir.arith import quantize
 from qexport.ir.graph import QDType
 from qexport.ir.ops import Op
-from qexport.quant.arith import quantize
 from qexport.reference.executor import run
 from tests.conftest import masked_sqnr, run_cli
 from tests.test_quantize_minilm import parity, pooled_outputs

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from qexport.ir.arith import dynamic_params, dynamic_quantize, fake_quant
 from qexport.ir.graph import QDType, QuantSpec
-from qexport.quant.arith import dynamic_params, dynamic_quantize, fake_quant
 
 
 def test_rule_widens_the_range_to_zero_and_picks_the_nearer_zero_point():

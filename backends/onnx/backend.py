@@ -18,6 +18,7 @@ from qexport.backends.onnx.cpu import (
 )
 from qexport.errors import QExportError
 from qexport.ir.graph import Graph, Node, QuantSpec
+from qexport.ir.linear import LinearForm, classify
 from qexport.ir.ops import Op
 from qexport.report.notes import WITHOUT_VNNI, note
 
@@ -145,12 +146,7 @@ class OnnxBackend:
         notes = slow_path_notes(graph, self.integer_linears)
         if any(node.op is Op.SOFTMAX for node in graph.nodes):
             notes.append(SPEED_NOTE)
-        if any(  # only onnxruntime's U8S8 integer kernels saturate: Linears with a static 8-bit input
-            node.op is Op.LINEAR
-            and node.inputs[1] in graph.quant
-            and integer_input(graph.quant.get(node.inputs[0]))
-            for node in graph.nodes
-        ):
+        if any(integer_input_linear(graph, node) for node in graph.nodes):  # U8S8 saturates there
             notes.append(PRECISION_NOTE)
         facts["session_config"] = {
             **NO_DENORMALS,
@@ -200,43 +196,45 @@ def session_options(threads: int = 2, optimize: bool = True) -> Any:
     return options
 
 
-def integer_input(spec: QuantSpec | None) -> bool:
-    """A Linear input onnxruntime's integer kernels take: static, per-tensor, 8-bit."""
-    return (
-        spec is not None
-        and not spec.dynamic
-        and spec.axis is None
-        and spec.dtype.storage in ("int8", "uint8")
-    )
+def integer_input_linear(graph: Graph, node: Node) -> bool:
+    """A ``STATIC`` Linear with an 8-bit input: the kind onnxruntime's integer kernels (QGemm,
+    MatMulInteger) are for, and whose U8S8 forms saturate on x86 without VNNI."""
+    if node.op is not Op.LINEAR:
+        return False
+    info = classify(graph, node)
+    return info.form is LinearForm.STATIC and info.eight_bit_input
 
 
 def steps_linear(graph: Graph, node: Node) -> bool:
-    """A Linear whose input is quantized per token at run time (XNNPACK's asymmetric rule) and
-    whose weight is symmetric int8: lowered as a float32 Gemm of the integer steps ``q - z``
-    (``lowering._dynamic_linear_inputs``), exactly as the IR computes it."""
+    """A ``STEPS`` Linear (qexport.ir.linear) with a float bias: lowered as a float32 Gemm of the
+    integer steps ``q - z`` (``lowering._dynamic_linear_inputs``), exactly as the IR computes it."""
     if node.op is not Op.LINEAR:
         return False
-    x_spec, w_spec = graph.quant.get(node.inputs[0]), graph.quant.get(node.inputs[1])
-    bias = node.inputs[2] if len(node.inputs) > 2 else ""
+    info = classify(graph, node)
+    return info.form is LinearForm.STEPS and info.b_spec is None
+
+
+def qgemm_linear(graph: Graph, node: Node) -> bool:
+    """A ``STATIC`` Linear onnxruntime's integer kernels take: 8-bit input, symmetric int8 weight,
+    and a float bias or an int32 one of scale s_x·s_w (``lowering._integer_linear_inputs``)."""
+    if node.op is not Op.LINEAR:
+        return False
+    info = classify(graph, node)
     return (
-        x_spec is not None
-        and x_spec.dynamic
-        and not x_spec.symmetric
-        and w_spec is not None
-        and w_spec.dtype.storage == "int8"
-        and w_spec.axis in (0, None)
-        and not w_spec.zero_point.any()
-        and bias not in graph.quant
+        info.form is LinearForm.STATIC
+        and info.eight_bit_input
+        and info.symmetric_weight
+        and (info.b_spec is None or info.integer_bias)
     )
 
 
 def float_linears(graph: Graph, integer_linears: bool = True) -> int:
-    """Linears with a quantized weight but no ``integer_input`` (nor, in the integer form, run-time
+    """Linears with a quantized weight but no static 8-bit input (nor, in the integer form, run-time
     integer steps): onnxruntime has no integer kernel for them and runs MatMulNBits on a float input."""
     return sum(
         node.op is Op.LINEAR
         and node.inputs[1] in graph.quant
-        and not integer_input(graph.quant.get(node.inputs[0]))
+        and not integer_input_linear(graph, node)
         and not (integer_linears and steps_linear(graph, node))
         for node in graph.nodes
     )
@@ -251,7 +249,7 @@ def slow_path_notes(graph: Graph, integer_linears: bool = True) -> list[dict[str
         if node.op is not Op.LINEAR or node.inputs[1] not in graph.quant:
             continue
         y_spec = graph.quant.get(node.outputs[0])
-        if integer_input(graph.quant.get(node.inputs[0])) and y_spec is not None and y_spec.axis is not None:
+        if integer_input_linear(graph, node) and y_spec is not None and y_spec.axis is not None:
             per_channel_outputs += 1
     notes = []
     if integer_linears and (steps := sum(steps_linear(graph, node) for node in graph.nodes)):
@@ -339,7 +337,7 @@ def _dynamic_fake_quant(b: Any, out: str, produced: str, spec: QuantSpec) -> Non
 
 
 def _asymmetric_dynamic_fake_quant(b: Any, out: str, produced: str, spec: QuantSpec) -> None:
-    """XNNPACK's asymmetric int8 rule (``qexport.quant.arith.dynamic_params``) in float ops."""
+    """XNNPACK's asymmetric int8 rule (``qexport.ir.arith.dynamic_params``) in float ops."""
 
     def f32(value: float) -> str:
         return str(b.const(np.array(value, np.float32)))

@@ -12,7 +12,7 @@ import numpy as np
 import onnx
 
 from qexport.backends import registrar
-from qexport.backends.onnx.backend import integer_input, steps_linear
+from qexport.backends.onnx.backend import qgemm_linear, steps_linear
 from qexport.backends.onnx.builder import OnnxBuilder
 from qexport.backends.onnx.symbolic import expr_tensor, shape_tensor
 from qexport.ir.graph import Node
@@ -145,17 +145,9 @@ def _integer_linear_inputs(b: OnnxBuilder, node: Node) -> tuple[list[str], list[
     graph = b.graph
     x, w = node.inputs[0], node.inputs[1]
     bias = node.inputs[2] if len(node.inputs) > 2 else ""
-    x_spec, w_spec, b_spec = graph.quant.get(x), graph.quant.get(w), graph.quant.get(bias)
-    if not integer_input(x_spec) or w_spec is None or x in graph.inputs or x in graph.constants:
+    if not qgemm_linear(graph, node) or x in graph.inputs or x in graph.constants:
         return None
-    if w_spec.dtype.storage != "int8" or w_spec.axis not in (0, None) or w_spec.zero_point.any():
-        return None
-    product = (x_spec.scale * w_spec.scale).astype(np.float32)
-    if b_spec is not None and (
-        b_spec.dtype.value != "int32"
-        or b_spec.scale.tobytes() != np.broadcast_to(product, b_spec.scale.shape).tobytes()
-    ):
-        return None  # a bias scale other than s_x·s_w: not the IR's exact Linear
+    x_spec, w_spec, b_spec = graph.quant[x], graph.quant[w], graph.quant.get(bias)
     one = b.const(np.array(1.0, np.float32))
     x_int = b.cache.get(f"{x}:integers")
     if x_int is None:  # Q, K and V read the same input: dequantize it once

@@ -11,6 +11,7 @@ import numpy as np
 from qexport.atomic import write_bytes
 from qexport.errors import QExportError
 from qexport.ir.graph import Graph
+from qexport.ir.linear import LinearForm, classify
 from qexport.ir.ops import Op
 from qexport.report.notes import note
 
@@ -146,15 +147,13 @@ def inspect_ops(data: bytes | memoryview) -> dict[str, int]:
 
 
 def float_speed_linears(graph: Graph) -> int:
-    """Linears with int8 weights and a static input spec but a float output: the lowering
-    must run them as float FCs on dequantized weights (see lowering.linear)."""
+    """``STATIC`` Linears with a float output: TFLite's int8 FC must write int8, so the lowering
+    runs them as float FCs (see linear.lower_linear)."""
     return sum(
         1
         for node in graph.nodes
         if node.op is Op.LINEAR
-        and (spec := graph.quant.get(node.inputs[0])) is not None
-        and not spec.dynamic
-        and node.inputs[1] in graph.quant
+        and classify(graph, node).form is LinearForm.STATIC
         and node.outputs[0] not in graph.quant
     )
 

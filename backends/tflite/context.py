@@ -21,9 +21,9 @@ from ai_edge_litert import schema_py_generated as fb
 
 from qexport.backends.tflite.builder import Quant, TfliteBuilder
 from qexport.errors import QExportError
+from qexport.ir.arith import dequantize, fake_quant
 from qexport.ir.graph import Graph, QDType, QuantSpec
 from qexport.ir.symbols import resolve
-from qexport.quant.arith import dequantize, fake_quant
 from qexport.reference.kernels import KERNELS
 
 OP = fb.BuiltinOperator

@@ -9,8 +9,9 @@ from ai_edge_litert import schema_py_generated as fb
 from qexport.backends.tflite.builder import Quant
 from qexport.backends.tflite.context import OP, OPT, Ctx, quant_of
 from qexport.backends.tflite.emit import make_options, reshape_into, reshape_to
+from qexport.ir.arith import dequantize
 from qexport.ir.graph import Node, QDType, QuantSpec
-from qexport.quant.arith import dequantize
+from qexport.ir.linear import LinearForm, LinearInfo, classify
 
 
 def lower_linear(ctx: Ctx, node: Node) -> None:
@@ -35,10 +36,11 @@ def lower_linear(ctx: Ctx, node: Node) -> None:
     rows = int(np.prod(ctx.shape(x_name)[:-1]))
     fc = make_options(fb.FullyConnectedOptionsT)
 
-    if in_spec is not None and not in_spec.dynamic and w_spec is not None and out_spec is not None:
+    info = classify(g, node)
+    if info.form is LinearForm.STATIC and out_spec is not None:
         _integer_linear(ctx, node, rows)
         return
-    if out_spec is None and _sums_exactly_in_float(ctx, node):
+    if out_spec is None and _sums_exactly_in_float(info):
         _integer_valued_linear(ctx, node, rows)
         return
 
@@ -199,18 +201,16 @@ def _part_spec(spec: QuantSpec, channels: np.ndarray) -> QuantSpec:
     return QuantSpec(spec.dtype, np.array(spec.scale[channels[0]]), np.array(spec.zero_point[channels[0]]))
 
 
-def _sums_exactly_in_float(ctx: Ctx, node: Node) -> bool:
-    """A static per-tensor 8-bit input, int8 weights and an int32 (or float, or no) bias: the
-    Linear's integers can be summed as integer-valued floats (see _integer_valued_linear)."""
-    g = ctx.graph
-    x_spec, w_spec = g.quant.get(node.inputs[0]), g.quant.get(node.inputs[1])
-    if x_spec is None or x_spec.dynamic or x_spec.axis is not None or w_spec is None:
-        return False
-    if x_spec.dtype not in (QDType.UINT8, QDType.INT8) or w_spec.dtype is not QDType.INT8:
-        return False
-    b_name = node.inputs[2] if len(node.inputs) > 2 else ""
-    b_spec = g.quant.get(b_name) if b_name else None
-    return w_spec.axis in (0, None) and (b_spec is None or b_spec.dtype is QDType.INT32)
+def _sums_exactly_in_float(info: LinearInfo) -> bool:
+    """A ``STATIC`` Linear with an 8-bit input, int8 (not int4) weights and an int32 (or float, or
+    no) bias: its integers can be summed as integer-valued floats (see _integer_valued_linear)."""
+    return (
+        info.form is LinearForm.STATIC
+        and info.eight_bit_input
+        and info.w_spec is not None
+        and info.w_spec.dtype is QDType.INT8
+        and (info.b_spec is None or info.b_spec.dtype is QDType.INT32)
+    )
 
 
 def _integer_valued_linear(ctx: Ctx, node: Node, rows: int) -> None:

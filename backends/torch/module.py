@@ -24,6 +24,7 @@ import torch
 
 from qexport.backends.torch.ops import TORCH_OPS, cast, exact_gelu
 from qexport.ir.graph import Graph, Node, QuantSpec
+from qexport.ir.linear import LinearForm, classify
 from qexport.ir.ops import Op
 from qexport.ir.symbols import bind
 
@@ -75,7 +76,7 @@ class IRModule(torch.nn.Module):
                 self._add_integer_epilogue(node, q, x_spec)
             else:
                 self._add(f"{node.name}/bias_float", self._float_bias(node))
-                if not x_spec.symmetric and f"{node.inputs[1]}/colsum" not in self.buffer_of:
+                if f"{node.inputs[1]}/colsum" not in self.buffer_of:
                     # sum_k W[j, k]: the zero-point correction zp * colsum of the asymmetric rows
                     self._add(f"{node.inputs[1]}/colsum", q.astype(np.int32).sum(axis=1, dtype=np.int32))
             self.integer_inputs.add(x_name)
@@ -170,13 +171,13 @@ class IRModule(torch.nn.Module):
         return self.t(f"{name}/zero_point") if f"{name}/zero_point" in self.buffer_of else 0
 
     def _integer_linear(self, node: Node) -> bool:
-        w_spec = self.graph.quant.get(node.inputs[1])
-        x_spec = self.graph.quant.get(node.inputs[0])
-        if w_spec is None or w_spec.dtype.value != "int8" or w_spec.axis != 0:
+        """Linears this module multiplies in integers: the IR's ``STATIC`` form with an 8-bit input
+        and its ``STEPS`` form, with int8 weights (``_int_mm`` takes int8 operands; int4 and 16-bit
+        inputs run as the float matmul of their fake-quantized values)."""
+        info = classify(self.graph, node)
+        if info.w_spec is None or info.w_spec.dtype.value != "int8":
             return False
-        if x_spec is None:
-            return False
-        return x_spec.dynamic or x_spec.dtype.value in ("uint8", "int8")
+        return (info.form is LinearForm.STATIC and info.eight_bit_input) or info.form is LinearForm.STEPS
 
     # -- values -----------------------------------------------------------
     def constant(self, name: str) -> torch.Tensor:
@@ -242,12 +243,9 @@ class IRModule(torch.nn.Module):
         Q, K and V share theirs."""
         spec = self.graph.quant[x_name]
         rows = x.reshape(-1, x.shape[-1])
-        if spec.dynamic and not spec.symmetric:
+        if spec.dynamic:  # STEPS: asymmetric rows by XNNPACK's rule (qexport.ir.linear)
             q, zero, scale = _asymmetric_rows(rows, -1)
             return self.integers(q), (scale, zero)
-        if spec.dynamic:
-            scale = self._dynamic_scale(rows, QuantSpec(spec.dtype, spec.scale, spec.zero_point, -1, True))
-            return self.integers(torch.clamp(torch.round(rows / scale), -127, 127)), scale
         shift = self._shift(spec)
         # round(x / s) + zp, clamped, minus the shift: the IR's integers
         q = torch.round(rows / self.t(f"{x_name}/scale"))
@@ -272,11 +270,9 @@ class IRModule(torch.nn.Module):
         q, row_scale = integers[x_name]
         if row_scale is None:
             y = self._static_linear(node, q, w_name)
-        else:  # dynamic: per-token scale times per-channel weight scale
-            acc = self.matmul_integers(q, w_name)
-            if isinstance(row_scale, tuple):  # asymmetric rows: remove zp * sum_k W[j, k] in integers
-                row_scale, zero = row_scale
-                acc = acc - zero * self.t(f"{w_name}/colsum")
+        else:  # STEPS: per-token scale times per-channel weight scale
+            row_scale, zero = row_scale  # asymmetric rows: remove zp * sum_k W[j, k] in integers
+            acc = self.matmul_integers(q, w_name) - zero * self.t(f"{w_name}/colsum")
             y = torch.addcmul(
                 self.t(f"{node.name}/bias_float"),
                 cast(acc, torch.float32),
@@ -336,7 +332,7 @@ class IRModule(torch.nn.Module):
 
 
 def _asymmetric_rows(x: torch.Tensor, axis: int | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """XNNPACK's asymmetric int8 rule (``qexport.quant.arith.dynamic_params``): integer-valued
+    """XNNPACK's asymmetric int8 rule (``qexport.ir.arith.dynamic_params``): integer-valued
     float values in [-128, 127], int32 zero points and float32 scales, per ``axis`` (kept as a size-1 dim) or per tensor."""
     # every op here is one kernel call in the exported program; the width trick (an all-equal
     # row divides 255 by 255: the rule's multiplier 1) saves two. amin + amax, not aminmax:

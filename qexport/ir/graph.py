@@ -55,7 +55,7 @@ class QuantSpec:
     ``axis`` only — ``axis=-1`` is per token for [..., tokens, hidden]. ``symmetric`` dynamic
     specs use scale = max|x| / qmax and zero point 0; asymmetric ones (int8 only) use the rule
     of XNNPACK's dynamically quantized kernels (LiteRT's hybrid FULLY_CONNECTED), so that file
-    computes what the IR says — see ``qexport.quant.arith.dynamic_params`` and docs/ir.md.
+    computes what the IR says — see ``qexport.ir.arith.dynamic_params`` and docs/ir.md.
     """
 
     dtype: QDType

@@ -12,11 +12,12 @@ from collections.abc import Iterable, Mapping
 import numpy as np
 
 from qexport.errors import QExportError
+from qexport.ir.arith import dequantize, dynamic_quantize, fake_quant
 from qexport.ir.graph import Graph, Node
 from qexport.ir.inputs import complete_inputs
+from qexport.ir.linear import LinearForm, classify
 from qexport.ir.ops import Op
 from qexport.ir.symbols import bind
-from qexport.quant.arith import dequantize, dynamic_quantize, fake_quant
 from qexport.reference.kernels import KERNELS
 
 
@@ -130,10 +131,11 @@ def _integer_linear(
     then. So the golden model sums the same integers (in float64: exact below 2**53) and
     applies ``(acc + q_bias) · s_x·s_w`` once. Returns None when the Linear is not integer.
     """
-    x_spec, w_spec = graph.quant.get(node.inputs[0]), graph.quant.get(node.inputs[1])
-    if x_spec is None or w_spec is None or w_spec.dtype.storage != "int8" or w_spec.axis not in (0, None):
+    info = classify(graph, node)
+    x_spec, w_spec = info.x_spec, info.w_spec
+    if x_spec is None or w_spec is None:
         return None
-    if node.inputs[0] in steps:  # asymmetric dynamic input, as XNNPACK's qd8 GEMM computes it
+    if info.form is LinearForm.STEPS and node.inputs[0] in steps:  # as XNNPACK's qd8 GEMM computes it
         integers, row_scale = steps[node.inputs[0]]
         acc = (integers.astype(np.float64) @ graph.constants[node.inputs[1]].astype(np.float64).T).astype(
             np.float32
@@ -141,14 +143,14 @@ def _integer_linear(
         y = ((acc * row_scale).astype(np.float32) * w_spec.scale).astype(np.float32)
         bias = node.inputs[2] if len(node.inputs) > 2 else ""
         return (y + _read(graph, env, bias)).astype(np.float32) if bias else y
-    if x_spec.dynamic or x_spec.axis is not None:
+    if info.form is not LinearForm.STATIC:
         return None
     x = env[node.inputs[0]]
     shifted = np.rint(x / x_spec.scale).astype(np.float64)  # q - z, recovered exactly
     acc = shifted @ graph.constants[node.inputs[1]].astype(np.float64).T
     scale = (x_spec.scale * w_spec.scale).astype(np.float32)
     bias = node.inputs[2] if len(node.inputs) > 2 else ""
-    b_spec = graph.quant.get(bias) if bias else None
+    b_spec = info.b_spec
     if b_spec is not None and b_spec.dtype.value == "int32":
         return ((acc + graph.constants[bias]) * b_spec.scale.astype(np.float64)).astype(np.float32)
     y = (acc * scale.astype(np.float64)).astype(np.float32)
