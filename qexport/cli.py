@@ -18,6 +18,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from typer.core import TyperGroup
 
 from qexport import __version__
@@ -190,7 +191,7 @@ def convert_cmd(
 
     for entry in manifest["notes"]:
         if entry["text"] and applies_here(entry):
-            console.print(f"[yellow]note:[/] {entry['text']}", soft_wrap=True)
+            console.print(f"[yellow]note:[/] {escape(entry['text'])}", soft_wrap=True)
     if not manifest["artifacts"]:
         from qexport.backends import available
 
@@ -320,7 +321,7 @@ def _print_parity(doc: dict[str, Any]) -> None:
     console.print(table)
     for r in doc["comparisons"]:
         if r.get("failures"):
-            console.print(f"[red]FAIL[/] {r['candidate']}.{r['output']}: {'; '.join(r['failures'])}")
+            console.print(f"[red]FAIL[/] {r['candidate']}.{r['output']}: {escape('; '.join(r['failures']))}")
     verdict = "[green]✓ parity passed[/]" if doc["passed"] else "[red]✗ parity below threshold[/]"
     console.print(verdict + " — details in parity.json, junit.xml, report.md")
 
@@ -339,7 +340,7 @@ def main(argv: list[str] | None = None) -> None:
     except QExportError as exc:
         if debug:
             raise
-        console.print(f"[red]qexport: error:[/] {exc}", soft_wrap=True)
+        console.print(f"[red]qexport: error:[/] {escape(str(exc))}", soft_wrap=True)
         sys.exit(2)
     except (typer.Abort, KeyboardInterrupt):
         console.print("qexport: interrupted")
@@ -353,7 +354,7 @@ def main(argv: list[str] | None = None) -> None:
         if debug:
             raise
         console.print(
-            f"[red]qexport: internal error:[/] {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
+            f"[red]qexport: internal error:[/] {type(exc).__name__}: {escape(str(exc).splitlines()[0] if str(exc) else '')} "
             "(re-run with --debug for the traceback, and please report it)",
             soft_wrap=True,
         )

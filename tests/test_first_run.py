@@ -215,3 +215,17 @@ def test_pt2_bytes_do_not_depend_on_the_install_path(tiny_model_dirs, tmp_path):
     here = str(Path(qexport.__file__).resolve().parents[1]).encode()
     with zipfile.ZipFile(tmp_path / "m.pt2") as zf:
         assert not any(here in zf.read(name) or b"site-packages" in zf.read(name) for name in zf.namelist())
+
+
+def test_check_of_a_state_dict_source_needs_no_config_again(tiny_model_dirs, tmp_path):
+    from transformers import BertModel
+
+    torch.save(BertModel.from_pretrained(tiny_model_dirs["bert"]).state_dict(), tmp_path / "weights.pt")
+    (tmp_path / "b").mkdir()
+    config = str(tiny_model_dirs["bert"] / "config.json")
+    args = ("weights.pt", "--config", config, "--to", "onnx", "-o", "out", "--seq-len", "16", "--no-check")
+    converted = run_cli(*args, cwd=tmp_path)
+    assert converted.returncode == 0, converted.stderr
+    checked = run_cli("check", "../out", "--no-bisect", cwd=tmp_path / "b")
+    assert checked.returncode in (0, 1), checked.stderr
+    assert json.loads((tmp_path / "out" / "manifest.json").read_text())["source"]["config"] == config

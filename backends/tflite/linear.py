@@ -217,9 +217,8 @@ def _integer_valued_linear(ctx: Ctx, node: Node, rows: int) -> None:
     """The IR's integer Linear on float kernels: ``(sum (q - zp) * q_w + q_b) * s_b``.
 
     TFLite's int8 FC must write int8, so a Linear with a float output cannot use it. Instead
-    the same integers go through a float FC as integer-valued floats: the int8 activation is
-    re-read with scale 1 (a RESHAPE to a tensor whose params are (1, zp)) and DEQUANTIZEd to
-    ``q - zp``; the weight's buffer is read through a second tensor with scale 1 (the
+    the same integers go through a float FC as integer-valued floats: ``x / s`` (DIV), QUANTIZEd
+    into a tensor whose params are (1, zp) and DEQUANTIZEd, is ``q - zp``; the weight's buffer is read through a second tensor with scale 1 (the
     ``<w>_quantized`` tensor keeps the IR's per-channel params for readers); the int32 bias
     is stored as float. Products and partial sums are integers, exact in float32 below 2**24
     in any summation order (MiniLM's largest |acc| is far below, see docs/backend-tflite.md),
@@ -236,16 +235,19 @@ def _integer_valued_linear(ctx: Ctx, node: Node, rows: int) -> None:
     if ctx.b.has(name):  # Q, K and V share their input's integers
         steps = ctx.b.index[name]
     else:
-        _, params = quant_of(x_spec)
-        as_integers = Quant(np.asarray(1.0, np.float32), np.asarray(params.zero_point))
-        integers = ctx.b.tensor(f"{x_name}_integers.2d", (rows, k), "int8", as_integers)
+        # q - zp by ops that keep each tensor's params (TFLite's RESHAPE may not change them, and
+        # strict readers such as vela refuse a file where it does): DIV is the IR's own x / s,
+        # QUANTIZE with scale 1 rounds and clamps it beside zp, DEQUANTIZE gives the steps.
+        dtype, params = quant_of(x_spec)
+        x2 = reshape_to(ctx, ctx.float_in(x_name), (rows, k), f"{x_name}.2d")
+        scaled = ctx.b.tensor(f"{x_name}_over_scale.2d", (rows, k), "float32")
+        divisor = ctx.b.scalar(f"{x_name}_scale", x_spec.scale, "float32")
         ctx.b.op(
-            OP.RESHAPE,
-            [ctx.quantized(x_name), ctx.int_vector("shape", [rows, k])],
-            [integers],
-            options=make_options(fb.ReshapeOptionsT, newShape=np.asarray([rows, k], np.int32)),
-            options_type=OPT.ReshapeOptions,
+            OP.DIV, [x2, divisor], [scaled], options=make_options(fb.DivOptionsT), options_type=OPT.DivOptions
         )
+        as_integers = Quant(np.asarray(1.0, np.float32), np.asarray(params.zero_point))
+        integers = ctx.b.tensor(f"{x_name}_integers.2d", (rows, k), dtype, as_integers)
+        ctx.b.op(OP.QUANTIZE, [scaled], [integers], version=2 if dtype == "int16" else 1)
         steps = ctx.b.tensor(name, (rows, k), "float32")
         ctx.b.op(OP.DEQUANTIZE, [integers], [steps], version=2)
     if not ctx.b.has(f"{w_name}_quantized"):
