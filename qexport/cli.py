@@ -42,11 +42,8 @@ class _DefaultToConvert(TyperGroup):
         return super().parse_args(ctx, args)
 
     def format_usage(self, ctx: Any, formatter: Any) -> None:
-        formatter.write_usage(
-            "qexport",
-            "SRC --to tflite,onnx,torch -o OUT [OPTIONS]\n"
-            "       qexport inspect FILE.qir | check OUT | --version",
-        )
+        formatter.write("Usage: qexport SRC [--to tflite,onnx,torch] [-o OUT] [OPTIONS]\n")
+        formatter.write("       qexport inspect FILE.qir | check OUT | --version\n")
 
 
 app = typer.Typer(
@@ -86,12 +83,13 @@ def _step(label: str) -> Iterator[None]:
 
 @app.command(
     "convert",
-    help="Convert SRC into model.qir plus one artifact per backend in OUT. "
-    "SRC is a Hugging Face model directory, builtin:all-MiniLM-L6-v2, a .pt2 program, "
-    "a state_dict (.pt/.bin/.safetensors) with --config, or a pickled nn.Module with --trust-pickle.",
+    help="Convert SRC into one artifact per backend in OUT, each from the IR of its target's fast recipe "
+    "(model.qir, model.<recipe>.qir), then check their parity with fp32. SRC is a Hugging Face model "
+    "directory, builtin:all-MiniLM-L6-v2, a torch.export program, a TorchScript archive, a state_dict "
+    "with --config, or a pickled nn.Module with --trust-pickle; files are recognised by content.",
 )
 def convert_cmd(
-    src: Annotated[str, typer.Argument(help="Model source (see above).", show_default=False)],
+    src: Annotated[str, typer.Argument(help="Model source (see above).", show_default=False, metavar="SRC")],
     to: Annotated[
         str | None,
         typer.Option(
@@ -217,7 +215,7 @@ def convert_cmd(
     "is quantized. --full lists every node with its inputs and quant params; --json prints the raw graph.",
 )
 def inspect_cmd(
-    file: Annotated[Path, typer.Argument(help="A .qir file.", show_default=False)],
+    file: Annotated[Path, typer.Argument(help="A .qir file.", show_default=False, metavar="FILE")],
     full: Annotated[bool, typer.Option("--full", help="List every node.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the raw graph.json instead.")] = False,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
@@ -242,7 +240,10 @@ def inspect_cmd(
     "2 bad input. Thresholds: flags, else [tool.qexport.check] in ./pyproject.toml, else the defaults.",
 )
 def check_cmd(
-    out: Annotated[Path, typer.Argument(help="An output directory written by qexport.", show_default=False)],
+    out: Annotated[
+        Path,
+        typer.Argument(help="An output directory written by qexport.", show_default=False, metavar="OUT"),
+    ],
     data: Annotated[
         Path | None,
         typer.Option("--data", help="Evaluation data: text file or .npz (default: built-in sentences)."),

@@ -18,7 +18,7 @@ def test_version():
 def test_help_teaches_the_shape_of_the_command():
     result = run_cli("--help")
     assert result.returncode == 0
-    assert "SRC --to" in result.stdout and "inspect" in result.stdout and "check" in result.stdout
+    assert "qexport SRC [--to" in result.stdout and "inspect" in result.stdout and "check" in result.stdout
 
 
 @pytest.fixture(scope="module")
