@@ -84,8 +84,9 @@ def available() -> list[str]:
     return sorted(_specs())
 
 
-def get(name: str) -> Backend:
-    """Instantiate a backend by name, or raise a UsageError listing the available ones."""
+def get(name: str, **options: Any) -> Backend:
+    """Instantiate a backend by name with its typed constructor ``options`` (e.g. ``gemm`` for
+    torch), or raise a UsageError listing the available ones."""
     specs = _specs()
     if name not in specs:
         have = ", ".join(sorted(specs)) or "none yet (this build writes model.qir only)"
@@ -98,5 +99,5 @@ def get(name: str) -> Backend:
             f"backend {name!r} needs a package that is not installed ({exc.name}); "
             f"install it with: pip install 'qexport[{name}]'"
         ) from None
-    backend: Backend = getattr(module, attr)()
+    backend: Backend = getattr(module, attr)(**options)
     return backend

@@ -94,20 +94,14 @@ def convert(src: str | Path, out: Path, opts: ConvertOptions, step: Step | None 
 
     step = step or (lambda _label: nullcontext())
     _validate(src, opts)
-    targets = [backends.get(name) for name in opts.to]
+    options = backend_options(opts)
+    targets = [backends.get(name, **options.get(name, {})) for name in opts.to]
     if opts.integer_io and "tflite" not in opts.to:
         raise UsageError("--integer-io applies to the tflite backend; add tflite to --to")
     if opts.torch_gemm != "auto" and "torch" not in opts.to:
         raise UsageError("--torch-gemm applies to the torch backend; add torch to --to")
     if opts.onnx_linears != "integer" and "onnx" not in opts.to:
         raise UsageError("--onnx-linears applies to the onnx backend; add onnx to --to")
-    for backend in targets:
-        if hasattr(backend, "integer_io"):
-            backend.integer_io = opts.integer_io
-        if backend.name == "torch" and hasattr(backend, "gemm"):
-            backend.gemm = opts.torch_gemm
-        if backend.name == "onnx" and hasattr(backend, "integer_linears"):
-            backend.integer_linears = opts.onnx_linears == "integer"
     plan = recipe_plan(targets, opts.recipe)
     with StagedOutput(out) as stage:
         with step("capturing the model with torch.export"):
@@ -178,6 +172,15 @@ def convert(src: str | Path, out: Path, opts: ConvertOptions, step: Step | None 
         stage.publish()
     manifest["_captured"] = captured  # in memory only: lets the parity check skip re-capturing
     return manifest
+
+
+def backend_options(opts: ConvertOptions) -> dict[str, dict[str, Any]]:
+    """Each built-in backend's constructor options, from the CLI's per-backend flags."""
+    return {
+        "tflite": {"integer_io": opts.integer_io},
+        "torch": {"gemm": opts.torch_gemm},
+        "onnx": {"integer_linears": opts.onnx_linears == "integer"},
+    }
 
 
 def recipe_plan(targets: Sequence[Any], recipe: str | None) -> dict[str, list[Any]]:

@@ -15,7 +15,9 @@ from qexport.errors import QExportError
 from qexport.ir.graph import Graph
 from qexport.report.notes import WITHOUT_VNNI, note
 
-GEMM_CHOICES = ("auto", "int8", "float")
+GEMMS = ("int8", "float")
+"""How integer Linears multiply: ``torch._int_mm`` on int8, or a float32 matmul of the integers."""
+GEMM_CHOICES = ("auto", *GEMMS)  # auto: int8 where this CPU has VNNI or AMX, else float
 _INT_MM_FLAGS = ("avx512_vnni", "amx_int8")
 
 

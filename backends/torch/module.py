@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from qexport.backends.torch.backend import GEMMS
 from qexport.backends.torch.ops import TORCH_OPS, cast, exact_gelu
 from qexport.ir.graph import Graph, Node, QuantSpec
 from qexport.ir.linear import LinearForm, classify
@@ -35,10 +36,6 @@ def _buffer_name(name: str) -> str:
 
 def _spec_tensors(spec: QuantSpec) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.from_numpy(spec.scale.copy()), torch.from_numpy(spec.zero_point.copy())
-
-
-GEMMS = ("int8", "float")
-"""How integer Linears multiply: ``torch._int_mm`` on int8, or a float32 matmul of the integers."""
 
 
 class IRModule(torch.nn.Module):
