@@ -340,7 +340,9 @@ def _asymmetric_rows(x: torch.Tensor, axis: int | None) -> tuple[torch.Tensor, t
         low = torch.clamp(x.amin(dim=axis, keepdim=True), max=0.0)
         high = torch.clamp(x.amax(dim=axis, keepdim=True), min=0.0)
     width = high - low
-    multiplier = 255.0 / torch.where(width > 0, width, 255.0)
+    # a true division (255 / width, as the rule says): ``255.0 / tensor`` is reciprocal() * 255
+    # in torch, two roundings, and gave scales one ulp off the IR's (tests/test_dynamic_rule.py)
+    multiplier = torch.full_like(width, 255.0) / torch.where(width > 0, width, 255.0)
     low_s, high_s = low * multiplier, high * multiplier
     zero = torch.where((-128.0 + low_s) + (127.0 + high_s) > 0, -128.0 - low_s, 127.0 - high_s)
     zero = torch.round(torch.clamp(zero, -128.0, 127.0))
