@@ -42,19 +42,12 @@ def test_torch_emission_of_the_asymmetric_rule_is_the_irs():
     assert np.array_equal(zero.numpy(), want_zero) and np.array_equal(scale.numpy(), want_scale)
 
 
-ORT_REWRITES_THE_SCALE = pytest.mark.xfail(
-    strict=True,
-    reason="onnxruntime's optimizer rewrites Mul(q - zp, Div(1, m)) into Div(q - zp, m): one ulp off "
-    "the IR's (q - zp) * (1/m) on some rows; unoptimized sessions give the IR's bits",
-)
-
-
 @pytest.mark.parametrize(
     ("symmetric", "optimized"),
     [
         (True, True),
         (True, False),
-        pytest.param(False, True, marks=ORT_REWRITES_THE_SCALE),
+        (False, True),
         (False, False),
     ],
     ids=["symmetric-optimized", "symmetric", "asymmetric-optimized", "asymmetric"],

@@ -366,7 +366,9 @@ def _asymmetric_dynamic_fake_quant(b: Any, out: str, produced: str, spec: QuantS
     zp = b.node("Round", [b.node("Clip", [zp, f32(-128.0), f32(127.0)], f"{out}_zp_clip")], f"{out}_zp")
     scaled = b.node("Round", [b.node("Mul", [produced, mult], f"{out}_scaled")], f"{out}_rounded")
     q = b.node("Clip", [b.node("Add", [scaled, zp], f"{out}_shifted"), f32(-128.0), f32(127.0)], f"{out}_q")
-    scale = b.node("Div", [f32(1.0), mult], f"{out}_dynscale")
+    # Reciprocal, not Div(1, m): onnxruntime's DivMulFusion turns Mul(x, Div(1, m)) into Div(x, m),
+    # one ulp off the rule's x * (1/m) on some rows (tests/test_dynamic_rule.py)
+    scale = b.node("Reciprocal", [mult], f"{out}_dynscale")
     steps = b.node("Sub", [q, zp], f"{out}_steps")
     b.cache[f"{out}:steps"] = (steps, scale)  # q - zp and the row scale, for integer Linears
     b.node("Mul", [steps, scale], out, name=f"{out}_dynamic_quant")
