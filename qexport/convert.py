@@ -112,34 +112,7 @@ def convert(src: str | Path, out: Path, opts: ConvertOptions, step: Step | None 
         for recipe, users in plan.items():
             for backend in users:
                 backend.check(graphs[recipe])  # every backend vets its graph before any file is written
-        irs, artifacts = [], []
-        for index, (recipe, users) in enumerate(plan.items()):
-            graph = graphs[recipe]
-            ir_file = (
-                "model.qir" if index == 0 else f"model.{_file_safe(graph.metadata['recipe']['name'])}.qir"
-            )
-            with step(f"writing {ir_file}"):
-                serde.save(graph, stage.dir / ir_file)
-            irs.append(
-                {
-                    "file": ir_file,
-                    "recipe": graph.metadata["recipe"]["name"],
-                    **_file_facts(stage.dir / ir_file),
-                }
-            )
-            for backend in users:
-                file = f"model{backend.suffix}"
-                with step(f"lowering to {backend.name} (recipe {graph.metadata['recipe']['name']})"):
-                    facts = backend.lower(graph, stage.dir / file)
-                artifacts.append(
-                    {
-                        "backend": backend.name,
-                        "file": file,
-                        "ir": ir_file,
-                        **_file_facts(stage.dir / file),
-                        **facts,
-                    }
-                )
+        irs, artifacts = _write(plan, graphs, stage.dir, step)
         first = graphs[next(iter(plan))]
         manifest = {
             "qexport_version": first.metadata.get("qexport_version"),
@@ -189,6 +162,28 @@ def recipe_plan(targets: Sequence[Any], recipe: str | None) -> dict[str, list[An
     for backend in targets:
         plan.setdefault(recipe or getattr(backend, "default_recipe", DEFAULT_RECIPE), []).append(backend)
     return plan or {recipe or DEFAULT_RECIPE: []}
+
+
+def _write(
+    plan: dict[str, list[Any]], graphs: dict[str, Any], folder: Path, step: Step
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Each recipe's IR (the first as model.qir), then the artifacts lowered from it: their manifest entries."""
+    irs, artifacts = [], []
+    for index, (recipe, users) in enumerate(plan.items()):
+        graph = graphs[recipe]
+        name = graph.metadata["recipe"]["name"]
+        ir_file = "model.qir" if index == 0 else f"model.{_file_safe(name)}.qir"
+        with step(f"writing {ir_file}"):
+            serde.save(graph, folder / ir_file)
+        irs.append({"file": ir_file, "recipe": name, **_file_facts(folder / ir_file)})
+        for backend in users:
+            file = f"model{backend.suffix}"
+            with step(f"lowering to {backend.name} (recipe {name})"):
+                facts = backend.lower(graph, folder / file)
+            artifacts.append(
+                {"backend": backend.name, "file": file, "ir": ir_file, **_file_facts(folder / file), **facts}
+            )
+    return irs, artifacts
 
 
 def _file_safe(name: str) -> str:

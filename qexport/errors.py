@@ -3,6 +3,13 @@
 from __future__ import annotations
 
 
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    """The first line of a third-party exception's message (its type name when it has none),
+    cut to ``limit`` characters: what a one-line error can quote of it."""
+    text = str(exc)
+    return text.splitlines()[0][:limit] if text.strip() else type(exc).__name__
+
+
 class QExportError(Exception):
     """Base of every error qexport raises on purpose: bad input, usage or an unsupported model.
 

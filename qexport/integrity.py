@@ -9,7 +9,7 @@ from typing import Any
 from qexport.convert import sha256_file
 from qexport.errors import QExportError
 from qexport.ir import serde
-from qexport.outdir import MANIFEST
+from qexport.outdir import MANIFEST, ir_entries
 
 
 def verify_outdir(out: Path) -> dict[str, Any]:
@@ -33,8 +33,3 @@ def verify_outdir(out: Path) -> dict[str, Any]:
     for entry in ir_entries(manifest):
         serde.load(out / Path(str(entry["file"])).name)
     return manifest
-
-
-def ir_entries(manifest: dict[str, Any]) -> list[dict[str, Any]]:
-    """Every IR the manifest lists: one per recipe used (``irs``), or the single ``ir``."""
-    return list(manifest.get("irs") or [manifest["ir"]])

@@ -20,6 +20,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from qexport.errors import OutputError
 
@@ -75,12 +76,17 @@ class StagedOutput:
             raise OutputError(f"{self.out}: cannot publish the results ({exc.strerror})") from None
 
 
+def ir_entries(manifest: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every IR a manifest lists: one per recipe used (``irs``), or the single ``ir``."""
+    return list(manifest.get("irs") or [manifest["ir"]])
+
+
 def previous_run_files(out: Path) -> set[str]:
     """Names of the files a previous qexport run left in OUT (its manifest's and check's)."""
     names = {p.name for p in out.glob("bisect_*.png")} | {n for n in CHECK_PRODUCTS if (out / n).exists()}
     try:
         manifest = json.loads((out / MANIFEST).read_text(encoding="utf-8"))
-        entries = [*(manifest.get("irs") or [manifest.get("ir")]), *manifest.get("artifacts", [])]
+        entries = [*ir_entries(manifest), *manifest.get("artifacts", [])]
         names |= {Path(str(e["file"])).name for e in entries if isinstance(e, dict) and "file" in e}
     except (OSError, ValueError, TypeError, AttributeError, KeyError):
         pass  # no readable manifest: only the check's products are known to be ours

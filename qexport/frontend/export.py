@@ -17,7 +17,7 @@ import warnings
 from dataclasses import dataclass
 from typing import Any
 
-from qexport.errors import CaptureError, UsageError
+from qexport.errors import CaptureError, UsageError, first_line
 from qexport.frontend.source import LoadedSource
 
 STANDARD_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
@@ -124,8 +124,7 @@ def export_module(source: LoadedSource, seq_len: int) -> Exported:
             program = torch.export.export(wrapper, (), example, dynamic_shapes=dynamic_shapes)
             dynamic = True
         except Exception as exc:  # torch raises many types; fall back to the captured shapes
-            first = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
-            source.notes.append(f"dynamic-shape export failed ({first}); captured static shapes")
+            source.notes.append(f"dynamic-shape export failed ({first_line(exc)}); captured static shapes")
             try:
                 static = example_inputs(input_names, 1, seq_len, vocab)
                 program = torch.export.export(wrapper, (), static)
@@ -163,30 +162,45 @@ def _program_exported(program: Any) -> Exported:
     return Exported(program, names, outs, dynamic=False, module=None, max_seq=None)
 
 
+def token_input_names(names: list[str], where: str) -> list[str]:
+    """``names`` when they are token inputs qexport captures (input_ids and optional ones)."""
+    if "input_ids" not in names or any(n not in STANDARD_INPUTS for n in names):
+        raise CaptureError(
+            f"{where}: the model takes {names}; qexport captures token-id models whose inputs are "
+            f"among {list(STANDARD_INPUTS)}"
+        )
+    return names
+
+
+def embedding_rows(named_tensors: Any) -> int:
+    """Rows of the word-embedding table among ``(name, tensor)`` pairs (2 when there is none)."""
+    return next((int(t.shape[0]) for n, t in named_tensors if n.endswith("word_embeddings.weight")), 2)
+
+
+def padded_example_inputs(input_names: list[str], batch: int, seq: int, vocab: int) -> dict[str, Any]:
+    """``example_inputs`` with the last row's final quarter padded, so that the mask matters."""
+    result = example_inputs(input_names, batch, seq, vocab)
+    if "attention_mask" in result:
+        result["attention_mask"][-1, max(1, seq - seq // 4) :] = 0
+    return result
+
+
 def _torchscript_program(source: LoadedSource, seq_len: int) -> Any:
     """torch's TorchScript -> export converter, on example token inputs of the captured shape."""
     from torch._export.converter import TS2EPConverter
 
     module = source.module
     args = [i.debugName().split(".")[0] for i in list(module.graph.inputs())[1:]]
-    unknown = [a for a in args if a not in STANDARD_INPUTS]
-    if "input_ids" not in args or unknown:
-        raise CaptureError(
-            f"{source.path}: a TorchScript module taking {args}; qexport captures token-id models "
-            f"whose inputs are among {list(STANDARD_INPUTS)}"
-        )
-    vocab = next(
-        (p.shape[0] for n, p in module.named_parameters() if n.endswith("word_embeddings.weight")), 2
-    )
+    token_input_names(args, str(source.path))
+    vocab = embedding_rows(module.named_parameters())
     example = example_inputs(args, 2, max(seq_len, MIN_DYNAMIC_SEQ), vocab)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
             return TS2EPConverter(module, tuple(example[a] for a in args)).convert()
         except Exception as exc:  # the converter raises many types for graphs it cannot express
-            first = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
             raise CaptureError(
                 f"{source.path}: torch cannot convert this TorchScript graph to an export program "
-                f"({first}); pass the model as a Hugging Face directory, a state_dict with --config, "
-                "or a torch.export program instead"
+                f"({first_line(exc)}); pass the model as a Hugging Face directory, a state_dict with "
+                "--config, or a torch.export program instead"
             ) from None

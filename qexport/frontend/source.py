@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from qexport.errors import SourceError, UnsafeSourceError
+from qexport.errors import SourceError, UnsafeSourceError, first_line
 from qexport.frontend.rebuild import program_class, rebuild, traced_class
 
 log = logging.getLogger("qexport")
@@ -241,22 +241,16 @@ def _load_pt2(path: Path, config: str | Path | None) -> LoadedSource:
         with _quiet_torch():
             program = torch.export.load(str(path))
     except Exception as exc:  # torch raises many unrelated types for a bad archive
-        first = str(exc).splitlines()[0][:200] if str(exc) else ""
         raise SourceError(
-            f"{path}: a torch.export archive that torch cannot load ({type(exc).__name__}: {first}); "
+            f"{path}: a torch.export archive that torch cannot load ({type(exc).__name__}: {first_line(exc)}); "
             "re-save it with torch.export.save from this torch version"
         ) from None
     loaded = LoadedSource(path, "pt2", file_sha256(path), program=program)
     cls = traced_class(program_class(program) or "")
     if cls is not None:
         names = [s.arg.name for s in program.graph_signature.input_specs if s.kind.name == "USER_INPUT"]
-        shapes = [
-            _static_shape(s.arg.name, program)
-            for s in program.graph_signature.input_specs
-            if s.kind.name == "USER_INPUT"
-        ]
         state = dict(program.state_dict)
-        inputs = _probe_inputs(names, shapes, state)
+        inputs = _probe_inputs(names, _static_shape("input_ids", program), state, path)
         module = program.module()
 
         def reference(batch: dict[str, Any]) -> list[Any]:
@@ -285,40 +279,23 @@ def _adopt(
 
 
 def _static_shape(name: str, program: Any) -> tuple[int, int]:
-    node = next(n for n in program.graph.nodes if n.op == "placeholder" and n.name == name)
-    dims = list(node.meta["val"].shape)
+    """``(batch, seq)`` of the program's input ``name``; any size does for symbolic or absent ones."""
+    node = next((n for n in program.graph.nodes if n.op == "placeholder" and n.name == name), None)
     try:
+        dims = list(node.meta["val"].shape)  # type: ignore[union-attr]
         return int(dims[0]), int(dims[1])
-    except (TypeError, ValueError, IndexError):  # symbolic dims: any size does
+    except (AttributeError, KeyError, TypeError, ValueError, IndexError):
         return 2, 16
 
 
-def _probe_inputs(names: list[str], shapes: list[tuple[int, int]], state: dict[str, Any]) -> dict[str, Any]:
-    """Token inputs of the file's shapes, with padding in the last row (so the mask matters)."""
-    import torch
+def _probe_inputs(
+    names: list[str], shape: tuple[int, int], state: dict[str, Any], path: Path
+) -> dict[str, Any]:
+    """Padded token inputs of the file's ``(batch, seq)`` to compare the rebuild with the file on."""
+    from qexport.frontend.export import embedding_rows, padded_example_inputs, token_input_names
 
-    from qexport.frontend.export import STANDARD_INPUTS
-
-    unknown = [n for n in names if n not in STANDARD_INPUTS]
-    if "input_ids" not in names or unknown:
-        raise SourceError(
-            f"the model takes {names}; qexport captures token-id models ({list(STANDARD_INPUTS)})"
-        )
-    batch, seq = shapes[names.index("input_ids")]
-    words = next((v for k, v in state.items() if k.endswith("word_embeddings.weight")), None)
-    vocab = int(words.shape[0]) if words is not None else 2
-    gen = torch.Generator().manual_seed(0)
-    result = {}
-    for name in names:
-        if name == "input_ids":
-            result[name] = torch.randint(1, max(2, vocab), (batch, seq), generator=gen)
-        elif name == "attention_mask":
-            mask = torch.ones(batch, seq, dtype=torch.long)
-            mask[-1, max(1, seq - seq // 4) :] = 0
-            result[name] = mask
-        else:
-            result[name] = torch.zeros(batch, seq, dtype=torch.long)
-    return result
+    token_input_names(names, str(path))
+    return padded_example_inputs(names, *shape, embedding_rows(state.items()))
 
 
 def _leaves(output: Any) -> list[Any]:
@@ -337,14 +314,15 @@ def _load_torchscript(path: Path, config: str | Path | None) -> LoadedSource:
         with _quiet_torch():
             module = torch.jit.load(str(path), map_location="cpu")
     except Exception as exc:  # RuntimeError for most, but torch.jit raises others for a bad file
-        first = str(exc).splitlines()[0][:200] if str(exc) else ""
-        raise SourceError(f"{path}: a TorchScript archive that torch cannot load ({first})") from None
+        raise SourceError(
+            f"{path}: a TorchScript archive that torch cannot load ({first_line(exc)})"
+        ) from None
     loaded = LoadedSource(path, "torchscript", file_sha256(path), module=module.eval())
     cls = traced_class(module._c._type().qualified_name())
     if cls is not None:
         names = [i.debugName().split(".")[0] for i in list(module.graph.inputs())[1:]]
         state = {**dict(module.named_parameters()), **dict(module.named_buffers())}
-        inputs = _probe_inputs(names, [(2, 16)] * len(names), state)
+        inputs = _probe_inputs(names, (2, 16), state, path)
 
         def reference(batch: dict[str, Any]) -> list[Any]:
             return _leaves(module(*[batch[n] for n in names]))

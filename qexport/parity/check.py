@@ -22,8 +22,9 @@ import numpy as np
 
 from qexport.atomic import write_bytes
 from qexport.errors import QExportError, UsageError
-from qexport.integrity import ir_entries, verify_outdir
+from qexport.integrity import verify_outdir
 from qexport.ir import serde
+from qexport.outdir import ir_entries
 from qexport.parity.junit import junit_xml
 from qexport.parity.metrics import compare
 
