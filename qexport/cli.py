@@ -117,7 +117,8 @@ def convert_cmd(
         typer.Option(
             "--recipe",
             help="One recipe for every target: int8 (static), int8-full (int8 Linear outputs too), "
-            "dynamic (run-time activation scales), int8-mixed, int16x8, weight-only, fp32, or a "
+            "dynamic (run-time activation scales), int8-mixed, int16x8, weight-only, fp32, the "
+            "full-integer npu-int16, npu-mixed, npu-int8, or a "
             ".toml/.json file. Default: each target's fast recipe (tflite: dynamic; onnx, torch: int8), "
             "one model.qir per recipe.",
             show_default=False,
@@ -156,6 +157,15 @@ def convert_cmd(
             "every product (38 dB from the fused result on MiniLM).",
         ),
     ] = "integer",
+    device: Annotated[
+        str,
+        typer.Option(
+            "--for",
+            help="cpu: files fast on CPUs (float islands where CPU kernels are fast). npu: full-integer "
+            "files for NPUs, DSPs and micro-controllers, every value between ops int8 or int16 "
+            "(recipe npu-int16 unless --recipe; npu-mixed and npu-int8 are the other integer recipes).",
+        ),
+    ] = "cpu",
     check: Annotated[
         bool,
         typer.Option(
@@ -177,6 +187,7 @@ def convert_cmd(
         integer_io=integer_io,
         torch_gemm=torch_gemm,
         onnx_linears=onnx_linears,
+        device=device,
     )
     if trust_pickle:
         console.print("[yellow]warning:[/] --trust-pickle: unpickling runs code from the model file")

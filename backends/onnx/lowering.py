@@ -55,6 +55,7 @@ for _op, _onnx in {
     Op.EXP: "Exp",
     Op.ERF: "Erf",
     Op.NEG: "Neg",
+    Op.ABS: "Abs",
     Op.WHERE: "Where",
     Op.EQUAL: "Equal",
 }.items():
@@ -261,6 +262,12 @@ def lower_reshape(b, node, xs, out):
     b.node("Reshape", [xs[0], shape_tensor(b, simplified)], out, name=node.name)
 
 
+@lowers(Op.REQUANTIZE)
+def lower_requantize(b, node, xs, out):
+    """Identity: the QuantizeLinear of the output's spec after it makes the requantization."""
+    b.node("Identity", xs[:1], out, name=node.name)
+
+
 @lowers(Op.TRANSPOSE)
 def lower_transpose(b, node, xs, out):
     b.node("Transpose", xs[:1], out, name=node.name, perm=list(node.attrs["perm"]))
@@ -309,9 +316,9 @@ def lower_cast(b, node, xs, out):
     b.node("Cast", xs[:1], out, name=node.name, to=_ONNX_DTYPES[node.attrs["to"]])
 
 
-@lowers(Op.REDUCE_MEAN, Op.REDUCE_SUM)
+@lowers(Op.REDUCE_MEAN, Op.REDUCE_SUM, Op.REDUCE_MAX)
 def lower_reduce(b, node, xs, out):
-    op = "ReduceMean" if node.op is Op.REDUCE_MEAN else "ReduceSum"
+    op = {Op.REDUCE_MEAN: "ReduceMean", Op.REDUCE_SUM: "ReduceSum", Op.REDUCE_MAX: "ReduceMax"}[node.op]
     b.node(
         op,
         [xs[0], b.const(np.array(node.attrs["axes"], np.int64))],

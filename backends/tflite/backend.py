@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from qexport.atomic import write_bytes
+from qexport.backends.tflite.integer import INTEGER_LOWERINGS, build_outputs, check_integer, is_full_integer
 from qexport.errors import QExportError
 from qexport.ir.graph import Graph
 from qexport.ir.linear import LinearForm, classify
@@ -30,6 +31,9 @@ class TfliteBackend:
         from qexport.backends import check_lowerable
         from qexport.backends.tflite.lowering import LOWERINGS
 
+        if is_full_integer(graph):
+            check_integer(graph)
+            return
         check_lowerable(graph, "tflite", LOWERINGS)
         if self.integer_io:
             _check_full_integer(graph)
@@ -41,6 +45,8 @@ class TfliteBackend:
         from qexport.backends.tflite.lowering import LOWERINGS
 
         self.check(graph)
+        integer = is_full_integer(graph)
+        table = INTEGER_LOWERINGS if integer else LOWERINGS
         seq = int(seq_len or graph.metadata.get("capture", {}).get("seq_len", 128))
         ctx = Ctx(graph, seq)
         inputs = {}
@@ -51,11 +57,14 @@ class TfliteBackend:
         for node in graph.nodes:
             if ctx.try_fold(node):
                 continue
-            LOWERINGS[node.op](ctx, node)
-        outputs = {}
-        for public, value in graph.outputs.items():
-            tensor = ctx.quantized(value) if self.integer_io else ctx.float_in(value)
-            outputs[public] = ctx.b.tensors[tensor].name
+            table[node.op](ctx, node)
+        if integer:
+            outputs = build_outputs(ctx, self.integer_io)
+        else:
+            outputs = {}
+            for public, value in graph.outputs.items():
+                tensor = ctx.quantized(value) if self.integer_io else ctx.float_in(value)
+                outputs[public] = ctx.b.tensors[tensor].name
         recipe = graph.metadata.get("recipe", {})
         description = f"qexport {__version__}; recipe {recipe.get('name', 'fp32') if isinstance(recipe, dict) else recipe}"
         return ctx.b.finish(inputs, outputs, description)

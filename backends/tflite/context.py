@@ -55,6 +55,7 @@ class Ctx:
         self.b = TfliteBuilder()
         self.dims = {"batch": 1, "seq": seq_len}
         self.folded: dict[str, np.ndarray] = {}
+        self.folded_integers: dict[str, np.ndarray] = {}  # constant integer values (full-integer graphs)
         self.consumers = graph.consumers()
         self.producers = graph.producer()
 

@@ -146,6 +146,7 @@ _UNARY = {
     Op.RSQRT: OP.RSQRT,
     Op.EXP: OP.EXP,
     Op.NEG: OP.NEG,
+    Op.ABS: OP.ABS,
 }
 
 
@@ -255,7 +256,7 @@ def matmul(ctx: Ctx, node: Node) -> None:
 
 
 # -- shapes ---------------------------------------------------------------------------------
-@lowers(Op.RESHAPE, Op.SQUEEZE, Op.UNSQUEEZE)
+@lowers(Op.RESHAPE, Op.SQUEEZE, Op.UNSQUEEZE, Op.REQUANTIZE)
 def reshape(ctx: Ctx, node: Node) -> None:
     reshape_into(ctx, ctx.float_in(node.inputs[0]), node)
 
@@ -336,12 +337,15 @@ def cast(ctx: Ctx, node: Node) -> None:
     ctx.b.op(OP.CAST, [ctx.float_in(node.inputs[0])], [ctx.output(node.outputs[0])])
 
 
-@lowers(Op.REDUCE_MEAN, Op.REDUCE_SUM)
+_REDUCERS = {Op.REDUCE_MEAN: OP.MEAN, Op.REDUCE_SUM: OP.SUM, Op.REDUCE_MAX: OP.REDUCE_MAX}
+
+
+@lowers(*_REDUCERS)
 def reduce(ctx: Ctx, node: Node) -> None:
     rank = len(ctx.shape(node.inputs[0]))
     axes = ctx.int_vector("axes", [int(a) % rank for a in node.attrs["axes"]])
     ctx.b.op(
-        OP.MEAN if node.op is Op.REDUCE_MEAN else OP.SUM,
+        _REDUCERS[node.op],
         [ctx.float_in(node.inputs[0]), axes],
         [ctx.output(node.outputs[0])],
         options=make_options(fb.ReducerOptionsT, keepDims=bool(node.attrs["keepdims"])),

@@ -52,6 +52,7 @@ TORCH_OPS.update(
         Op.EXP: lambda xs, a, d: torch.exp(xs[0]),
         Op.ERF: lambda xs, a, d: torch.erf(xs[0]),
         Op.NEG: lambda xs, a, d: torch.neg(xs[0]),
+        Op.ABS: lambda xs, a, d: torch.abs(xs[0]),
         Op.EQUAL: lambda xs, a, d: torch.eq(xs[0], xs[1]),
         Op.NOT_EQUAL: lambda xs, a, d: torch.ne(xs[0], xs[1]),
         Op.WHERE: lambda xs, a, d: torch.where(xs[0], xs[1], xs[2]),
@@ -62,6 +63,7 @@ TORCH_OPS.update(
         Op.CAST: lambda xs, a, d: cast(xs[0], _DTYPES[a["to"]]),
         Op.CUMSUM: lambda xs, a, d: torch.cumsum(xs[0], dim=int(a["axis"]), dtype=xs[0].dtype),
         Op.REDUCE_MEAN: lambda xs, a, d: torch.mean(xs[0], dim=list(a["axes"]), keepdim=bool(a["keepdims"])),
+        Op.REDUCE_MAX: lambda xs, a, d: torch.amax(xs[0], dim=list(a["axes"]), keepdim=bool(a["keepdims"])),
         Op.REDUCE_SUM: lambda xs, a, d: torch.sum(xs[0], dim=list(a["axes"]), keepdim=bool(a["keepdims"])),
     }
 )
@@ -100,6 +102,11 @@ def layer_norm(xs, a, d):
 @op(Op.RESHAPE)
 def reshape(xs, a, d):
     return xs[0].reshape([evaluate(s, d) for s in a["shape"]])
+
+
+@op(Op.REQUANTIZE)
+def requantize(xs, a, d):
+    return xs[0]  # identity; the output's spec (applied after every op) requantizes
 
 
 @op(Op.SLICE)

@@ -8,6 +8,7 @@ Invariants (checked by :func:`Graph.validate`):
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -159,3 +160,19 @@ class Graph:
             if node.name == name:
                 return node
         raise IRError(f"no node named {name!r}")
+
+
+def copy_graph(graph: Graph) -> Graph:
+    """A copy whose structure can be edited; constant arrays are shared, not copied (the engine
+    replaces constants, it never writes into one), so quantizing costs no extra model copy."""
+    return Graph(
+        inputs=dict(graph.inputs),
+        outputs=dict(graph.outputs),
+        nodes=[
+            Node(n.name, n.op, list(n.inputs), list(n.outputs), copy.deepcopy(n.attrs)) for n in graph.nodes
+        ],
+        constants=dict(graph.constants),
+        values=dict(graph.values),
+        quant=dict(graph.quant),
+        metadata=copy.deepcopy(graph.metadata),
+    )

@@ -72,6 +72,9 @@ class Op(StrEnum):
     NEG = "Neg"
     """(x) -> -x."""
 
+    ABS = "Abs"
+    """(x) -> |x|."""
+
     RESHAPE = "Reshape"
     """(x) attr ``shape``: list of ints or symbolic expressions; at most one -1 (inferred)."""
 
@@ -103,6 +106,9 @@ class Op(StrEnum):
     REDUCE_MEAN = "ReduceMean"
     """(x) attrs ``axes``, ``keepdims``: arithmetic mean over ``axes``."""
 
+    REDUCE_MAX = "ReduceMax"
+    """(x) attrs ``axes``, ``keepdims``: maximum over ``axes``."""
+
     REDUCE_SUM = "ReduceSum"
     """(x) attrs ``axes``, ``keepdims``: sum over ``axes``."""
 
@@ -114,6 +120,12 @@ class Op(StrEnum):
 
     NOT_EQUAL = "NotEqual"
     """(a, b) -> bool a != b, broadcasting."""
+
+    REQUANTIZE = "Requantize"
+    """(x) -> x. Identity on values; it exists so that a value can change QuantSpec between two
+    integer precisions (int8 -> int16 or back) in full-integer graphs: its output carries the
+    second spec (docs/integer.md). Backends lower it to an integer requantization. Made by
+    passes, never captured."""
 
     PAD = "Pad"
     """(x) attrs ``pads`` (list of [before, after] per axis, first axis first), ``value``:

@@ -18,9 +18,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from qexport.errors import QExportError
-from qexport.ir.graph import Graph, Node, QDType, QuantSpec, ValueInfo
+from qexport.ir.graph import Graph, Node, QDType, QuantSpec, ValueInfo, copy_graph
 from qexport.ir.ops import Op
 from qexport.quant.calibration import CalibrationSet, collect_samples, observe_channels
+from qexport.quant.full_integer import Precisions, quantize_full_integer
 from qexport.quant.ranges import (
     activation_spec,
     grouped_activation_spec,
@@ -44,22 +45,6 @@ class LinearGroup:
     @property
     def name(self) -> str:
         return f"{self.linears[0].name}.input"
-
-
-def _copy_graph(graph: Graph) -> Graph:
-    """A copy whose structure can be edited; constant arrays are shared, not copied (the engine
-    replaces constants, it never writes into one), so quantizing costs no extra model copy."""
-    return Graph(
-        inputs=dict(graph.inputs),
-        outputs=dict(graph.outputs),
-        nodes=[
-            Node(n.name, n.op, list(n.inputs), list(n.outputs), copy.deepcopy(n.attrs)) for n in graph.nodes
-        ],
-        constants=dict(graph.constants),
-        values=dict(graph.values),
-        quant=dict(graph.quant),
-        metadata=copy.deepcopy(graph.metadata),
-    )
 
 
 def linear_groups(graph: Graph, recipe: Recipe) -> list[LinearGroup]:
@@ -86,22 +71,23 @@ def quantize_graph(
     graph: Graph, recipe: Recipe, calib: CalibrationSet | None, progress: Progress | None = None
 ) -> Graph:
     """A new graph with ``recipe`` applied; ``graph`` is not modified."""
-    out = _copy_graph(graph)
+    out = copy_graph(graph)
     out.metadata["recipe"] = to_dict(recipe)
     if recipe.scheme == "none":
         return out
+    if recipe.scheme == "integer":
+        if calib is None:
+            raise QExportError(f"recipe {recipe.name!r} quantizes activations and needs calibration data")
+        _record_calibration(out, calib)
+        precisions = Precisions(QDType(recipe.activation_dtype), frozenset(recipe.int8_roles))
+        return quantize_full_integer(out, precisions, calib, progress, auto_int8_db=recipe.auto_int8_db)
     groups = linear_groups(out, recipe)
     stats = {}
     if recipe.quantizes_activations:
         if calib is None:
             raise QExportError(f"recipe {recipe.name!r} quantizes activations and needs calibration data")
         stats = observe_channels(out, calib, [g.input for g in groups], on_batch=progress)
-        out.metadata["calibration"] = {
-            "origin": calib.origin,
-            "samples": calib.size,
-            "fingerprint": calib.fingerprint,
-            "warnings": calib.warnings,
-        }
+        _record_calibration(out, calib)
     producers_index = {n.name: i for i, n in enumerate(out.nodes)}
     inserts: list[tuple[int, Node]] = []
     act_values: dict[str, tuple[LinearGroup, np.ndarray]] = {}
@@ -168,6 +154,15 @@ def quantize_graph(
                     out.quant[node.inputs[0]] = spec
     out.validate()
     return out
+
+
+def _record_calibration(out: Graph, calib: CalibrationSet) -> None:
+    out.metadata["calibration"] = {
+        "origin": calib.origin,
+        "samples": calib.size,
+        "fingerprint": calib.fingerprint,
+        "warnings": calib.warnings,
+    }
 
 
 def _op_input_specs(out: Graph, recipe: Recipe, calib: CalibrationSet) -> None:

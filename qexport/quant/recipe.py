@@ -15,7 +15,7 @@ from typing import Any
 
 from qexport.errors import QExportError
 
-SCHEMES = ("none", "static", "dynamic", "weight-only")
+SCHEMES = ("none", "static", "dynamic", "weight-only", "integer")
 WEIGHT_DTYPES = ("int8",)  # int4 (block-wise) is not implemented yet
 ACTIVATION_DTYPES = ("uint8", "int8", "int16")
 OBSERVERS = ("minmax", "percentile", "mse")
@@ -49,7 +49,8 @@ class Recipe:
     """How to quantize a captured graph.
 
     - ``scheme``: none (fp32) | static (calibrated activations) | dynamic (activations
-      quantized at run time, per token) | weight-only.
+      quantized at run time, per token) | weight-only | integer (full-integer, for NPUs:
+      every value between ops crosses in ``activation_dtype``, int8 or int16; docs/integer.md).
     - Weights of Linear layers: per-channel symmetric ``weight_dtype`` (int4 needs
       ``weight_block_size``, a multiple of 2 dividing the input dim).
     - Activations feeding Linear layers: ``activation_dtype`` with ranges from ``observer``.
@@ -68,6 +69,11 @@ class Recipe:
     - ``dynamic_symmetric``: dynamic activations with scale max|x|/127 and zero point 0 (True),
       or asymmetric per token by XNNPACK's rule (False, the default: finer, and exactly what
       LiteRT's hybrid FULLY_CONNECTED computes, so the .tflite matches the IR).
+    - ``int8_roles`` (integer scheme, int16 activations): roles of ops that run in int8
+      instead (``qexport.quant.full_integer.ROLES``: attention, linear, gelu, residual,
+      layer_norm, other); ``auto_int8_db``: also move each further role to int8 while the
+      calibration outputs stay at least this SQNR (dB) from float (the sensitivity table).
+      ``npu-mixed`` asks 25 dB: 1 dB above the NPU accuracy gate (24 dB on held-out text).
     """
 
     name: str = "custom"
@@ -85,6 +91,8 @@ class Recipe:
     linear_outputs: str = "float"
     output_outliers: float = 1 / 32
     dynamic_symmetric: bool = False
+    int8_roles: tuple[str, ...] = ()
+    auto_int8_db: float | None = None
 
     def __post_init__(self) -> None:
         _one_of("scheme", self.scheme, SCHEMES)
@@ -99,6 +107,21 @@ class Recipe:
             raise RecipeError("weight_block_size must be an even number >= 2")
         if self.scheme == "dynamic" and self.activation_dtype != "int8":
             raise RecipeError("dynamic activations are int8 (per token)")
+        if self.scheme == "integer" and self.activation_dtype not in ("int8", "int16"):
+            raise RecipeError("scheme = 'integer' takes activation_dtype 'int8' or 'int16' (what NPUs run)")
+        if self.scheme == "integer" and self.smooth_alpha is not None:
+            raise RecipeError("scheme = 'integer' has no smoothing (smooth_alpha must be unset)")
+        from qexport.quant.full_integer import ROLES
+
+        unknown_roles = sorted(set(self.int8_roles) - set(ROLES))
+        if unknown_roles:
+            raise RecipeError(f"int8_roles names unknown roles {unknown_roles}; known: {', '.join(ROLES)}")
+        if (self.int8_roles or self.auto_int8_db is not None) and (
+            self.scheme != "integer" or self.activation_dtype != "int16"
+        ):
+            raise RecipeError(
+                "int8_roles and auto_int8_db need scheme = 'integer' with activation_dtype = 'int16'"
+            )
         if not 50.0 < self.percentile <= 100.0:
             raise RecipeError("percentile must be in (50, 100]")
         from qexport.ir.ops import Op
@@ -120,7 +143,7 @@ class Recipe:
 
     @property
     def quantizes_activations(self) -> bool:
-        return self.scheme in ("static", "dynamic")
+        return self.scheme in ("static", "dynamic", "integer")
 
     def keeps_float(self, node_name: str) -> bool:
         return any(r.action == "float" and re.search(r.match, node_name) for r in self.rules)
@@ -142,6 +165,11 @@ BUILTIN: dict[str, Recipe] = {
         Recipe(name="int8-mixed", scheme="static", smooth_alpha=0.8, sensitive_int16=3),
         Recipe(name="int16x8", scheme="static", activation_dtype="int16", smooth_alpha=0.5),
         Recipe(name="dynamic", scheme="dynamic", activation_dtype="int8", smooth_alpha=0.5),
+        Recipe(name="npu-int8", scheme="integer", activation_dtype="int8", smooth_alpha=None),
+        Recipe(name="npu-int16", scheme="integer", activation_dtype="int16", smooth_alpha=None),
+        Recipe(
+            name="npu-mixed", scheme="integer", activation_dtype="int16", smooth_alpha=None, auto_int8_db=25.0
+        ),
         Recipe(name="weight-only", scheme="weight-only", smooth_alpha=None),
         Recipe(name="fp32", scheme="none", smooth_alpha=None, quantize_embeddings=False),
     )
@@ -203,6 +231,8 @@ def from_dict(doc: Any, where: str = "recipe") -> Recipe:
         "linear_outputs": str,
         "output_outliers": (int, float),
         "dynamic_symmetric": bool,
+        "int8_roles": list,
+        "auto_int8_db": (int, float, type(None)),
     }
     for key, value in doc.items():
         if (isinstance(value, bool) and types[key] is not bool) or not isinstance(value, types[key]):
@@ -222,7 +252,11 @@ def from_dict(doc: Any, where: str = "recipe") -> Recipe:
         if not all(isinstance(x, str) for x in doc["quantize_op_inputs"]):
             raise RecipeError(f"{where}: quantize_op_inputs must be a list of op names")
         doc["quantize_op_inputs"] = tuple(doc["quantize_op_inputs"])
-    for key in ("percentile", "smooth_alpha", "output_outliers"):
+    if "int8_roles" in doc:
+        if not all(isinstance(x, str) for x in doc["int8_roles"]):
+            raise RecipeError(f"{where}: int8_roles must be a list of role names")
+        doc["int8_roles"] = tuple(doc["int8_roles"])
+    for key in ("percentile", "smooth_alpha", "output_outliers", "auto_int8_db"):
         if isinstance(doc.get(key), int):
             doc[key] = float(doc[key])
     try:
@@ -236,4 +270,5 @@ def to_dict(recipe: Recipe) -> dict[str, Any]:
     out: dict[str, Any] = {f.name: getattr(recipe, f.name) for f in fields(Recipe)}
     out["rules"] = [{"match": r.match, "action": r.action} for r in recipe.rules]
     out["quantize_op_inputs"] = list(recipe.quantize_op_inputs)
+    out["int8_roles"] = list(recipe.int8_roles)
     return out

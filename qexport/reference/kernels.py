@@ -127,6 +127,8 @@ KERNELS[Op.EXP] = _unary(np.exp)
 KERNELS[Op.ERF] = _unary(lambda x: _erf(x.astype(np.float64)))
 KERNELS[Op.RELU] = lambda xs, attrs, dims: np.maximum(xs[0], np.zeros((), xs[0].dtype))
 KERNELS[Op.NEG] = lambda xs, attrs, dims: np.negative(xs[0])
+KERNELS[Op.ABS] = lambda xs, attrs, dims: np.abs(xs[0])
+KERNELS[Op.REQUANTIZE] = lambda xs, attrs, dims: xs[0]
 
 
 @kernel(Op.RESHAPE)
@@ -192,6 +194,13 @@ def reduce_mean(xs, attrs, dims):
     x = xs[0]
     assert x is not None
     return _f32(x.mean(axis=tuple(attrs["axes"]), keepdims=bool(attrs["keepdims"]), dtype=np.float32))
+
+
+@kernel(Op.REDUCE_MAX)
+def reduce_max(xs, attrs, dims):
+    x = xs[0]
+    assert x is not None
+    return x.max(axis=tuple(attrs["axes"]), keepdims=bool(attrs["keepdims"]))
 
 
 @kernel(Op.REDUCE_SUM)
