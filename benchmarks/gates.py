@@ -117,6 +117,31 @@ def _default_command_gates() -> list[Gate]:
     return gates
 
 
+def _npu_share(accelerator: str) -> Callable[[Result, dict[str, Any]], float | None]:
+    """vela's NPU operator share (%) for the row's .tflite on one Ethos-U configuration."""
+
+    def measure(result: Result, row: dict[str, Any]) -> float | None:
+        report = result.get("npu", {}).get(row["tool"], {}).get(accelerator, {})
+        return report.get("npu_share")
+
+    return measure
+
+
+def _npu_gates() -> list[Gate]:
+    """#22: the --for npu file runs whole on Ethos-U and keeps its accuracy."""
+    from qexport.convert import NPU_RECIPE
+
+    tool = f"qexport {NPU_RECIPE} (.tflite)"
+    return [
+        Gate(22, "vela U85-256 NPU operators (%)", tool, _npu_share("ethos-u85-256"), ">=", 99.0),
+        Gate(22, "vela U55-128 NPU operators (%)", tool, _npu_share("ethos-u55-128"), ">=", 95.0),
+        Gate(22, "cosine mean vs fp32", tool, _field("cos_mean"), ">=", 0.999),
+        Gate(22, "SQNR vs fp32 (dB)", tool, _field("sqnr_db"), ">=", 28.0),
+        Gate(22, "SQNR vs the IR (dB)", tool, _field("sqnr_vs_ir_db"), ">=", 30.0),
+        Gate(22, "size x fp32 safetensors", tool, _field("bytes_vs_fp32"), "<=", 0.27),
+    ]
+
+
 ONNX, TORCH = "qexport int8", "qexport int8 (.pt2)"
 # TFLite: the default int8 file keeps Linear outputs float, so its FCs run as float (fp32
 # speed, docs/backend-tflite.md); the `dynamic` file is the one with integer FCs, hence the
@@ -139,6 +164,7 @@ GATES: tuple[Gate, ...] = (
     Gate(5, "latency x the ai-edge-quantizer dynamic file", TFLITE, _vs_tool(AEQ_PEER), "<=", 1.0),
     Gate(6, "latency x torch eager fp32", TORCH, _field("latency_vs_runtime_fp32"), "<=", 0.6),
     *_default_command_gates(),
+    *_npu_gates(),
 )
 
 

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks import gates, peers
+from benchmarks import gates, npu, peers
 from benchmarks.measure import interleaved_latency, parity, peak_rss_mb, pooled, ratio
 from benchmarks.noise_floor import float_ulp_floor
 from qexport.backends.cpu import cpuinfo
@@ -84,6 +84,7 @@ def main() -> None:
         "pipeline": {},
         "rows": [],
     }
+    tflite_files: dict[str, Path] = {}  # tool -> .tflite, for vela's NPU split
 
     # ---- reference: torch fp32 eager
     hf = AutoModel.from_pretrained(str(model_dir)).eval()
@@ -186,6 +187,7 @@ def main() -> None:
                 "peak_rss_mb": peak_rss_mb(),
             }
             run = peers.litert_file(tfl, held_out, one)
+            tflite_files[f"qexport {recipe} (.tflite)"] = tfl
             result["rows"].append(
                 {
                     "tool": f"qexport {recipe} (.tflite)",
@@ -215,6 +217,30 @@ def main() -> None:
                     "sqnr_vs_ir_db": parity(run["pooled"], sim)["sqnr_db"],
                 }
             )
+    # ---- full-integer files for NPUs (--for npu): LiteRT on this CPU, vela for Ethos-U
+    for recipe in ("npu-int16", "npu-mixed", "npu-int8"):
+        t = time.perf_counter()
+        q = qexport.quantize(graph, recipe, calibration=calib)
+        result["pipeline"][f"quantize[{recipe}]"] = {
+            "seconds": round(time.perf_counter() - t, 2),
+            "peak_rss_mb": peak_rss_mb(),
+        }
+        tfl = work / f"qexport_{recipe}.tflite"
+        get("tflite").lower(q, tfl)
+        run = peers.litert_file(tfl, held_out, one)
+        tool = f"qexport {recipe} (.tflite)"
+        tflite_files[tool] = tfl
+        result["rows"].append(
+            {
+                "tool": tool,
+                "runtime": "litert",
+                "bytes": run["bytes"],
+                "_call": run["call"],
+                **parity(run["pooled"], ref),
+                "sqnr_vs_ir_db": parity(run["pooled"], ir_pooled(q))["sqnr_db"],
+            }
+        )
+
     # The peers quantize qexport's fp32 graph with its attention as separate ops: onnxruntime's
     # quantize_dynamic rewrites an opset-23 Attention node into an invalid QAttention.
     fp32_onnx = work / "qexport_fp32_ops.onnx"
@@ -262,6 +288,10 @@ def main() -> None:
         )
 
     # ---- peers, same inputs, same run
+    def litert_peer(tool: str, path: Path) -> dict[str, Any]:
+        tflite_files[tool] = path
+        return peers.litert_file(path, held_out, one)
+
     peer_runs = [
         (
             "onnxruntime quantize_dynamic (per-tensor)",
@@ -301,14 +331,18 @@ def main() -> None:
         (
             "litert-torch fp32 + ai-edge-quantizer dynamic_wi8_afp32",
             "litert",
-            lambda: peers.litert_file(
-                peers.aeq_dynamic(peers.litert_torch_fp32(hf, work, one), work), held_out, one
+            lambda: litert_peer(
+                "litert-torch fp32 + ai-edge-quantizer dynamic_wi8_afp32",
+                peers.aeq_dynamic(peers.litert_torch_fp32(hf, work, one), work),
             ),
         ),
         (
             "litert-torch pt2e static int8 (per-channel, symmetric)",
             "litert",
-            lambda: peers.litert_file(peers.litert_pt2e_static(hf, work, one, calib), held_out, one),
+            lambda: litert_peer(
+                "litert-torch pt2e static int8 (per-channel, symmetric)",
+                peers.litert_pt2e_static(hf, work, one, calib),
+            ),
         ),
     ]
     for tool, runtime, fn in peer_runs:
@@ -333,6 +367,8 @@ def main() -> None:
                 }
             )
     _latencies(result["rows"], fp32_bytes)
+    print(f"vela on {len(tflite_files)} .tflite files ...", flush=True)
+    result["npu"] = {tool: npu.vela_report(path, work) for tool, path in tflite_files.items()}
     result["gates"] = gates.evaluate(result)
     if not args.skip_scale:
         result["scaling"] = [_scale(name) for name in ("minilm", "bert-base", "bert-large")]
@@ -402,6 +438,37 @@ def _db(figures: dict[str, float] | str) -> str:
     return figures if isinstance(figures, str) else f"SQNR {figures['sqnr_db']} dB"
 
 
+def _npu_markdown(result: dict[str, Any]) -> list[str]:
+    """vela's NPU operator share and its estimated inference time per accelerator, beside the
+    file's accuracy and its LiteRT latency on this CPU."""
+    rows = {r["tool"]: r for r in result["rows"]}
+    lines = [
+        "",
+        "Arm Ethos-U (vela, default system config per accelerator; estimated ms are vela's, not silicon):",
+        "",
+        "| file | U85-256 NPU ops | U85 est. ms | U55-128 NPU ops | U55 est. ms | U55 fallbacks | "
+        "cosine mean | SQNR dB | LiteRT CPU ms |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for tool, report in result["npu"].items():
+        u85, u55, row = report["ethos-u85-256"], report["ethos-u55-128"], rows.get(tool, {})
+
+        def share(r: dict[str, Any]) -> str:
+            return (
+                f"failed: {r['failed'][:60]}"
+                if "failed" in r
+                else f"{r['npu_ops']}/{r['npu_ops'] + r['cpu_ops']} ({r['npu_share']} %)"
+            )
+
+        fallbacks = ", ".join(f"{op} ×{n}" for op, n in u55.get("fallbacks", {}).items())
+        lines.append(
+            f"| {tool} | {share(u85)} | {u85.get('estimated_ms', '')} | {share(u55)} | "
+            f"{u55.get('estimated_ms', '')} | {fallbacks[:160]} | {row.get('cos_mean', '')} | "
+            f"{row.get('sqnr_db', '')} | {row.get('latency_ms', '')} |"
+        )
+    return lines
+
+
 def to_markdown(result: dict[str, Any]) -> str:
     lines = [
         f"all-MiniLM-L6-v2 · batch {result['batch']} · seq {result['seq']} · {result['threads']} threads · "
@@ -423,6 +490,8 @@ def to_markdown(result: dict[str, Any]) -> str:
             f"{r['cos_mean']:.4f} / {r['cos_min']:.4f} | "
             f"{r['sqnr_db']:.1f} | {r.get('sqnr_vs_ir_db', '')} |"
         )
+    if result.get("npu"):
+        lines += _npu_markdown(result)
     if result.get("gates"):
         lines += ["", f"The issues' gates in this run, on this CPU ({result.get('cpu', '?')}):", ""]
         lines += gates.to_markdown(result["gates"])

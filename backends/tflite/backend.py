@@ -79,6 +79,17 @@ class TfliteBackend:
             "io": "integer" if self.integer_io else "float",
             "ops": facts,
         }
+        if self.integer_io:  # what a caller needs to read the integer outputs
+            from qexport.backends.tflite.context import quant_of
+
+            result["outputs"] = {}
+            for public, value in graph.outputs.items():
+                dtype, params = quant_of(graph.quant[value])
+                result["outputs"][public] = {
+                    "dtype": dtype,
+                    "scale": float(params.scale),
+                    "zero_point": int(params.zero_point),
+                }
         slow = float_speed_linears(graph)
         if slow:
             result["notes"] = [
@@ -100,10 +111,12 @@ class TfliteBackend:
         return interp
 
     def run(self, path: Path, inputs: dict[str, Any], *, interpreter: Any = None) -> dict[str, Any]:
-        """Run sample by sample (the file has batch 1); outputs stacked along axis 0."""
+        """Run sample by sample (the file has batch 1); outputs stacked along axis 0. Integer
+        outputs (``--integer-io``) are dequantized with their params, to compare with floats."""
         interp = interpreter or self.interpreter(path)
         runner = interp.get_signature_runner("serving_default")
         details = runner.get_input_details()
+        output_params = {k: d["quantization"] for k, d in runner.get_output_details().items()}
         arrays = {k: np.asarray(v) for k, v in inputs.items() if k in details}
         batch = len(next(iter(arrays.values())))
         results: dict[str, list[np.ndarray]] = {}
@@ -119,14 +132,24 @@ class TfliteBackend:
                     )
                 feed[name] = x.astype(detail["dtype"])
             for key, value in runner(**feed).items():
-                results.setdefault(key, []).append(np.array(value))
+                array = np.array(value)
+                scale, zero = output_params.get(key, (0.0, 0))
+                if array.dtype.kind == "i" and scale:
+                    array = ((array.astype(np.int64) - zero) * np.float32(scale)).astype(np.float32)
+                results.setdefault(key, []).append(array)
         return {k: np.concatenate(v, axis=0) for k, v in results.items()}
 
     def run_intermediates(self, path: Path, inputs: dict[str, Any], names: list[str]) -> dict[str, Any]:
-        """Float tensors named like IR values, read back with all tensors preserved."""
+        """Tensors named like IR values, read back with all tensors preserved: float ones as
+        they are, integer ones (full-integer files) dequantized with their params."""
         interp = self.interpreter(path, experimental_preserve_all_tensors=True)
         by_name = {d["name"]: d for d in interp.get_tensor_details()}
-        wanted = [n for n in names if n in by_name and by_name[n]["dtype"] == np.float32]
+
+        def readable(detail: dict[str, Any]) -> bool:
+            integer = detail["dtype"] in (np.int8, np.int16) and detail["quantization"][0] != 0
+            return bool(detail["dtype"] == np.float32 or integer)
+
+        wanted = [n for n in names if n in by_name and readable(by_name[n])]
         collected: dict[str, list[np.ndarray]] = {n: [] for n in wanted}
         runner_inputs = {d["name"]: d for d in interp.get_input_details()}
         batch = len(next(iter(inputs.values())))
@@ -137,7 +160,11 @@ class TfliteBackend:
                 )
             interp.invoke()
             for n in wanted:
-                collected[n].append(np.array(interp.get_tensor(by_name[n]["index"])))
+                array = np.array(interp.get_tensor(by_name[n]["index"]))
+                scale, zero = by_name[n]["quantization"]
+                if array.dtype != np.float32:
+                    array = ((array.astype(np.int64) - zero) * np.float32(scale)).astype(np.float32)
+                collected[n].append(array)
         return {n: np.concatenate(v, axis=0) for n, v in collected.items()}
 
 
