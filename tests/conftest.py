@@ -117,6 +117,14 @@ def minilm_int8(minilm, docstring_texts):
     return qexport.quantize(minilm[0].graph, "int8", calibration=docstring_texts[0])
 
 
+@pytest.fixture(scope="session")
+def minilm_npu_graph(minilm, docstring_texts):
+    """MiniLM quantized by npu-int16 (the --for npu recipe) on 128 calibration sentences."""
+    import qexport
+
+    return qexport.quantize(minilm[0].graph, "npu-int16", calibration=docstring_texts[0])
+
+
 def masked_sqnr(ours: np.ndarray, ref: np.ndarray, mask: np.ndarray) -> float:
     """SQNR in dB over real (unpadded) token positions of [batch, seq, hidden] tensors."""
     keep = (mask != 0)[..., None]

@@ -35,12 +35,11 @@ def sqnr(ours: np.ndarray, ref: np.ndarray) -> float:
 
 
 @pytest.fixture(scope="module")
-def minilm_npu(minilm, docstring_texts, tmp_path_factory):
+def minilm_npu(minilm_npu_graph, tmp_path_factory):
     """(graph, .tflite path) for npu-int16, calibrated on 128 sentences."""
-    graph = qexport.quantize(minilm[0].graph, "npu-int16", calibration=docstring_texts[0])
     path = tmp_path_factory.mktemp("npu") / "model.tflite"
-    TfliteBackend().lower(graph, path)
-    return graph, path
+    TfliteBackend().lower(minilm_npu_graph, path)
+    return minilm_npu_graph, path
 
 
 def test_every_tensor_between_ops_is_integer(minilm_npu):

@@ -18,6 +18,7 @@ from qexport.backends.onnx.cpu import (
 )
 from qexport.errors import QExportError
 from qexport.ir.graph import Graph, Node, QuantSpec
+from qexport.ir.integer_form import is_full_integer
 from qexport.ir.linear import LinearForm, classify
 from qexport.ir.ops import Op
 from qexport.report.notes import WITHOUT_VNNI, note
@@ -49,7 +50,12 @@ class OnnxBackend:
     default_recipe = "int8"  # onnxruntime's QGemm needs a static 8-bit input
     suffix = ".onnx"
 
-    def __init__(self, fuse_attention: bool = True, integer_linears: bool = True) -> None:
+    def __init__(
+        self,
+        fuse_attention: bool = True,
+        integer_linears: bool = True,
+        npu_form: bool | None = None,
+    ) -> None:
         # False: attention stays ~13 separate ops, for tools that cannot read the opset-23
         # Attention op (onnxruntime's quantize_dynamic mistakes it for com.microsoft.Attention).
         self.fuse_attention = fuse_attention
@@ -57,6 +63,11 @@ class OnnxBackend:
         # rescales inside its kernel, ~5 % faster in onnxruntime, but a runtime that does not
         # fuse rounds every product (38 dB from the fused result). See docs/backend-onnx.md.
         self.integer_linears = integer_linears
+        # The form Qualcomm's HTP (onnxruntime's QNN provider) takes whole: activations as
+        # uint8/uint16 (its Abs and MatMul refuse int16; same real values, zero point shifted),
+        # plain QDQ Linears and static shapes [1, seq]. None: on for full-integer graphs
+        # (--for npu). docs/integer.md.
+        self.npu_form = npu_form
 
     def check(self, graph: Graph) -> None:
         from qexport.backends import check_lowerable
@@ -75,7 +86,15 @@ class OnnxBackend:
         from qexport.ir.attention import find_attention
 
         self.check(graph)
-        b = OnnxBuilder(graph, integer_linears=self.integer_linears)
+        npu = is_full_integer(graph) if self.npu_form is None else self.npu_form
+        # NPU form: Linears as plain QDQ (DequantizeLinear -> MatMul -> QuantizeLinear), the
+        # pattern QNN maps onto its integer FullyConnected.
+        b = OnnxBuilder(graph, integer_linears=self.integer_linears and not npu, unsigned=npu)
+        seq = int(graph.metadata.get("capture", {}).get("seq_len", 128))
+
+        def shape(dims: tuple[Any, ...]) -> list[Any]:  # static [1, seq] for NPU compilers
+            return [{"batch": 1, "seq": seq}.get(d, d) if npu else d for d in dims]
+
         islands = {m.covered[-1]: m for m in (find_attention(graph) if self.fuse_attention else [])}
         inside = {name for m in islands.values() for name in m.covered[:-1]}
         for node in graph.nodes:
@@ -103,10 +122,10 @@ class OnnxBackend:
         for public, value in graph.outputs.items():
             b.node("Identity", [value], public, name=f"output.{public}")
             info = graph.values[value]
-            outputs.append(helper.make_tensor_value_info(public, _ONNX_DTYPES[info.dtype], list(info.shape)))
+            outputs.append(helper.make_tensor_value_info(public, _ONNX_DTYPES[info.dtype], shape(info.shape)))
         b.prune(set(graph.outputs))
         inputs = [
-            helper.make_tensor_value_info(n, _ONNX_DTYPES[i.dtype], list(i.shape))
+            helper.make_tensor_value_info(n, _ONNX_DTYPES[i.dtype], shape(i.shape))
             for n, i in graph.inputs.items()
         ]
         model = helper.make_model(
@@ -138,13 +157,15 @@ class OnnxBackend:
                 f"onnx backend produced an invalid model: {str(exc).splitlines()[0]}"
             ) from None
         write_bytes(Path(path), data)
+        npu = is_full_integer(graph) if self.npu_form is None else self.npu_form
         facts: dict[str, Any] = {
             "opset": OPSET,
+            "npu_form": npu,  # uint16 for 16-bit tensors, static shapes: what QNN's HTP takes
             "ir_version": ir_version,
-            "linears": LINEAR_FORMS[0] if self.integer_linears else LINEAR_FORMS[1],
+            "linears": LINEAR_FORMS[0] if self.integer_linears and not npu else LINEAR_FORMS[1],
         }
-        notes = slow_path_notes(graph, self.integer_linears)
-        if any(node.op is Op.SOFTMAX for node in graph.nodes):
+        notes = [] if npu else slow_path_notes(graph, self.integer_linears)  # CPU advice only
+        if any(node.op is Op.SOFTMAX for node in graph.nodes) and not npu:
             notes.append(SPEED_NOTE)
         if any(integer_input_linear(graph, node) for node in graph.nodes):  # U8S8 saturates there
             notes.append(PRECISION_NOTE)

@@ -20,14 +20,18 @@ _Q_TYPES = {
     "int8": onnx.TensorProto.INT8,
     "uint8": onnx.TensorProto.UINT8,
     "int16": onnx.TensorProto.INT16,
+    "uint16": onnx.TensorProto.UINT16,
     "int32": onnx.TensorProto.INT32,
 }
+_UNSIGNED = {"int8": ("uint8", 128), "int16": ("uint16", 32768)}
+"""A signed q with zero point z is the unsigned q + shift with zero point z + shift."""
 
 
 class OnnxBuilder:
-    def __init__(self, graph: Graph, integer_linears: bool = True) -> None:
+    def __init__(self, graph: Graph, integer_linears: bool = True, unsigned: bool = False) -> None:
         self.graph = graph
         self.integer_linears = integer_linears  # see OnnxBackend
+        self.unsigned = unsigned  # per-tensor int8/int16 written as uint8/uint16 (QNN's HTP; OnnxBackend)
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: dict[str, onnx.TensorProto] = {}
         self.cache: dict[str, str] = {}
@@ -59,14 +63,24 @@ class OnnxBuilder:
     # -- QDQ --------------------------------------------------------------
     def qparams(self, name: str, spec: QuantSpec) -> tuple[str, str]:
         """Scale and zero-point initializers, named after the quantized tensor."""
-        zero = spec.zero_point.astype(spec.dtype.storage)
+        zero = self.stored(spec.zero_point, spec)
         return (self.initializer(f"{name}_scale", spec.scale), self.initializer(f"{name}_zero_point", zero))
+
+    def stored(self, integers: np.ndarray, spec: QuantSpec) -> np.ndarray:
+        """The integers as the file stores them. With ``unsigned``, per-tensor int8/int16 are
+        shifted into uint8/uint16, the same real values (``(q + s) - (z + s) = q - z``);
+        per-channel weights stay signed and symmetric."""
+        storage = spec.dtype.storage
+        if self.unsigned and spec.axis is None and storage in _UNSIGNED:
+            unsigned, shift = _UNSIGNED[storage]
+            return (np.asarray(integers).astype(np.int32) + shift).astype(unsigned)
+        return np.asarray(integers).astype(storage)
 
     def dequantized_constant(self, name: str, integers: np.ndarray, spec: QuantSpec, axis: int | None) -> str:
         """``name`` (float) = DequantizeLinear(name_quantized, name_scale, name_zero_point)."""
         if name in self.cache:
             return self.cache[name]
-        q = self.initializer(f"{name}_quantized", integers)
+        q = self.initializer(f"{name}_quantized", self.stored(integers, spec))
         scale, zero = self.qparams(name, spec)
         attrs = {"axis": axis} if axis is not None else {}
         self.cache[name] = self.node(

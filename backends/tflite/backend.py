@@ -9,9 +9,9 @@ from typing import Any
 import numpy as np
 
 from qexport.atomic import write_bytes
-from qexport.backends.tflite.integer import INTEGER_LOWERINGS, build_outputs, check_integer, is_full_integer
 from qexport.errors import QExportError
 from qexport.ir.graph import Graph
+from qexport.ir.integer_form import is_full_integer
 from qexport.ir.linear import LinearForm, classify
 from qexport.ir.ops import Op
 from qexport.report.notes import note
@@ -32,6 +32,8 @@ class TfliteBackend:
         from qexport.backends.tflite.lowering import LOWERINGS
 
         if is_full_integer(graph):
+            from qexport.backends.tflite.integer import check_integer
+
             check_integer(graph)
             return
         check_lowerable(graph, "tflite", LOWERINGS)
@@ -42,6 +44,7 @@ class TfliteBackend:
         """The .tflite bytes for ``graph`` with static shape [1, seq_len]."""
         from qexport import __version__
         from qexport.backends.tflite.context import Ctx
+        from qexport.backends.tflite.integer import INTEGER_LOWERINGS, build_outputs
         from qexport.backends.tflite.lowering import LOWERINGS
 
         self.check(graph)

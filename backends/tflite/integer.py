@@ -29,11 +29,6 @@ INTEGER_LOWERINGS: dict[Op, IntegerLowering] = {}
 lowers = registrar(INTEGER_LOWERINGS)
 
 
-def is_full_integer(graph: Graph) -> bool:
-    recipe = graph.metadata.get("recipe")
-    return isinstance(recipe, dict) and recipe.get("scheme") == "integer"
-
-
 def _wide(ctx: Ctx, value: str) -> bool:
     return ctx.graph.quant[value].dtype is QDType.INT16
 

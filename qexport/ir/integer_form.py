@@ -40,6 +40,12 @@ LAYOUT_OPS = frozenset({Op.RESHAPE, Op.TRANSPOSE, Op.SQUEEZE, Op.UNSQUEEZE, Op.S
 _ELEMENTWISE = {Op.ADD: np.add, Op.SUB: np.subtract, Op.MUL: np.multiply}
 
 
+def is_full_integer(graph: Graph) -> bool:
+    """The graph was quantized by the ``integer`` scheme: every value between ops has a spec."""
+    recipe = graph.metadata.get("recipe")
+    return isinstance(recipe, dict) and recipe.get("scheme") == "integer"
+
+
 def to_integer_form(graph: Graph) -> dict[str, list[str]]:
     """Rewrite the mask and every LayerNorm of ``graph`` in place (see the module docstring).
     Returns ``masks`` (the mask lookups' output values) and ``layer_norms`` (node names)."""
