@@ -36,6 +36,13 @@ def describe_recipe(recipe: Any) -> str:
         parts.append(f"static {recipe.get('activation_dtype')} activations ({recipe.get('observer')} ranges)")
     elif scheme == "dynamic":
         parts.append("activations quantized at run time, per token")
+    elif scheme == "integer":
+        wide = recipe.get("activation_dtype")
+        narrow = recipe.get("int8_roles") or []
+        auto = recipe.get("auto_int8_db")
+        extra = f" ({', '.join(narrow)} in int8)" if narrow else ""
+        extra += f" (roles to int8 while >= {auto} dB)" if auto is not None else ""
+        return f"{recipe.get('name')}: full-integer, every value {wide}{extra}; int8 per-channel weights"
     else:
         parts.append("float activations")
     if recipe.get("smooth_alpha"):
