@@ -69,6 +69,10 @@ class OnnxBackend:
         # (--for npu). docs/integer.md.
         self.npu_form = npu_form
 
+    def writes_npu_form(self, graph: Graph) -> bool:
+        """Whether ``graph`` is written in the NPU form (``npu_form``; None: full-integer graphs)."""
+        return is_full_integer(graph) if self.npu_form is None else self.npu_form
+
     def check(self, graph: Graph) -> None:
         from qexport.backends import check_lowerable
         from qexport.backends.onnx.lowering import LOWERINGS
@@ -86,7 +90,7 @@ class OnnxBackend:
         from qexport.ir.attention import find_attention
 
         self.check(graph)
-        npu = is_full_integer(graph) if self.npu_form is None else self.npu_form
+        npu = self.writes_npu_form(graph)
         # NPU form: Linears as plain QDQ (DequantizeLinear -> MatMul -> QuantizeLinear), the
         # pattern QNN maps onto its integer FullyConnected.
         b = OnnxBuilder(graph, integer_linears=self.integer_linears and not npu, unsigned=npu)
@@ -157,7 +161,7 @@ class OnnxBackend:
                 f"onnx backend produced an invalid model: {str(exc).splitlines()[0]}"
             ) from None
         write_bytes(Path(path), data)
-        npu = is_full_integer(graph) if self.npu_form is None else self.npu_form
+        npu = self.writes_npu_form(graph)
         facts: dict[str, Any] = {
             "opset": OPSET,
             "npu_form": npu,  # uint16 for 16-bit tensors, static shapes: what QNN's HTP takes
