@@ -23,7 +23,7 @@ def _ort_session(path: Path, defaults: bool = False, optimize: bool = True) -> A
     onnxruntime's graph optimizations off."""
     import onnxruntime as ort
 
-    from qexport.backends.onnx.backend import new_session, session_options
+    from qexport.backends.onnx.session import new_session, session_options
 
     if not defaults:
         return new_session(str(path), session_options(optimize=optimize))

@@ -29,7 +29,7 @@ from benchmarks.noise_floor import float_ulp_floor
 from qexport.backends.cpu import cpuinfo
 from qexport.backends.onnx.backend import OnnxBackend
 from qexport.backends.onnx.cpu import session_config
-from qexport.backends.torch.backend import resolve_gemm
+from qexport.backends.torch.gemm import resolve_gemm
 
 ROOT = Path(__file__).resolve().parents[1]
 

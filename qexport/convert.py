@@ -86,7 +86,7 @@ def _validate(src: str | Path, opts: ConvertOptions) -> None:
         raise UsageError(f"--for must be {' or '.join(DEVICES)}, got {opts.device!r}")
     if opts.seq_len < 1:
         raise UsageError(f"--seq-len must be at least 1, got {opts.seq_len}")
-    from qexport.backends.torch.backend import GEMM_CHOICES  # no torch import: names only
+    from qexport.backends.torch.gemm import GEMM_CHOICES  # no torch import: names only
 
     if opts.torch_gemm not in GEMM_CHOICES:
         choices = f"{', '.join(GEMM_CHOICES[:-1])} or {GEMM_CHOICES[-1]}"

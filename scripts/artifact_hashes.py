@@ -18,7 +18,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-RECIPES = ("int8", "int8-full", "dynamic", "int8-mixed", "int16x8", "weight-only")
+RECIPES = ("fp32", "int8", "int8-full", "dynamic", "int8-mixed", "int16x8", "weight-only", "npu-int16")
 BACKENDS = ("onnx", "tflite", "torch")
 
 

@@ -55,12 +55,13 @@ def test_torch_emission_of_the_asymmetric_rule_is_the_irs():
 def test_onnx_emission_of_the_dynamic_rules_is_the_irs(symmetric, optimized):
     import onnxruntime as ort
 
-    from qexport.backends.onnx.backend import IR_VERSION, OPSET, _dynamic_fake_quant
+    from qexport.backends.onnx.backend import IR_VERSION, OPSET
     from qexport.backends.onnx.builder import OnnxBuilder
+    from qexport.backends.onnx.dynamic import dynamic_fake_quant
 
     rows = _edge_rows()
     b = OnnxBuilder(Graph(inputs={}, outputs={}, nodes=[], constants={}, values={}))
-    _dynamic_fake_quant(b, "v", "x", _spec(symmetric))
+    dynamic_fake_quant(b, "v", "x", _spec(symmetric))
     io = [helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, list(rows.shape)) for n in ("x", "v")]
     model = helper.make_model(
         helper.make_graph(b.nodes, "rule", io[:1], io[1:], list(b.initializers.values())),

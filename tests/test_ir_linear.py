@@ -63,7 +63,7 @@ def test_classify(case, x_spec, w_spec, form):
 
 
 def test_backends_take_their_integer_linears_from_the_classification():
-    from qexport.backends.onnx.backend import qgemm_linear, steps_linear
+    from qexport.backends.onnx.linears import qgemm_linear, steps_linear
 
     for _, x_spec, w_spec, form in CASES:
         graph, node = _linear(x_spec, w_spec)

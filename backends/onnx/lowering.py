@@ -12,8 +12,9 @@ import numpy as np
 import onnx
 
 from qexport.backends import registrar
-from qexport.backends.onnx.backend import qgemm_linear, steps_linear
+from qexport.backends.onnx.attention import lower_attention
 from qexport.backends.onnx.builder import OnnxBuilder
+from qexport.backends.onnx.linears import qgemm_linear, steps_linear
 from qexport.backends.onnx.symbolic import expr_tensor, shape_tensor
 from qexport.ir.graph import Node
 from qexport.ir.ops import Op
@@ -60,6 +61,7 @@ for _op, _onnx in {
     Op.EQUAL: "Equal",
 }.items():
     LOWERINGS[_op] = _same(_onnx)
+LOWERINGS[Op.ATTENTION] = lower_attention  # made by the fusion pass (OnnxBackend.build)
 
 
 @lowers(Op.GATHER)

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from qexport.backends.torch.backend import GEMMS
+from qexport.backends.torch.gemm import GEMMS
 from qexport.backends.torch.ops import TORCH_OPS, cast, exact_gelu
 from qexport.ir.graph import Graph, Node, QuantSpec
 from qexport.ir.linear import LinearForm, classify

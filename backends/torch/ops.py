@@ -146,6 +146,23 @@ def pad(xs, a, d):
     return torch.nn.functional.pad(xs[0], flat, value=float(a["value"]))
 
 
+@op(Op.ATTENTION)
+def attention(xs, a, d):
+    q, k, v = xs[:3]
+    heads, dim = int(a["heads"]), int(a["head_dim"])
+
+    def split(x):  # [b, s, heads * dim] -> [b, heads, s, dim]
+        return x.reshape(x.shape[0], x.shape[1], heads, dim).transpose(1, 2)
+
+    scores = torch.matmul(split(q), split(k).transpose(2, 3))
+    if float(a["scale"]) != 1.0:
+        scores = scores * float(a["scale"])
+    if len(xs) > 3 and xs[3] is not None:
+        scores = scores + xs[3]
+    context = torch.matmul(torch.softmax(scores, dim=-1), split(v)).transpose(1, 2)
+    return context.reshape(q.shape[0], q.shape[1], heads * dim)
+
+
 missing = set(Op) - set(TORCH_OPS) - {Op.LINEAR}
 if missing:
     raise ImportError(f"torch lowerings missing for {sorted(m.value for m in missing)}")

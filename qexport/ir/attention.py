@@ -15,6 +15,9 @@ may hand it to its runtime's fused kernel. The ONNX backend does (``Attention``,
 bit-identical, ~10 % faster); the torch backend measured ``scaled_dot_product_attention`` at
 4 % faster but 0.3 dB further from the IR and does not (docs/backend-torch.md). Recipes that quantize the attention MatMuls' inputs put
 QuantSpecs inside the chain, so nothing matches and the ops lower one by one.
+
+``fuse_attention`` is the pass: it replaces each island by one ``Attention`` node (``Op.ATTENTION``)
+at the island's last position, so the backend lowers it through its table like any op.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from qexport.ir.graph import Graph, Node
+from qexport.ir.graph import Graph, Node, copy_graph
 from qexport.ir.ops import Op
 
 _HEADS_FIRST = [0, 2, 1, 3]
@@ -53,6 +56,36 @@ def find_attention(graph: Graph) -> list[AttentionMatch]:
         if match is not None:
             matches.append(match)
     return matches
+
+
+def fuse_attention(graph: Graph) -> Graph:
+    """A copy of ``graph`` with every float attention island replaced by one ``Attention`` node
+    named after the island's output; ``graph`` is not modified."""
+    out = copy_graph(graph)
+    matches = find_attention(out)
+    if not matches:
+        return out
+    fused = {m.covered[-1]: m for m in matches}
+    inside = {name for m in matches for name in m.covered[:-1]}
+    nodes, dropped = [], set()
+    for node in out.nodes:
+        if node.name in inside:
+            for value in node.outputs:
+                out.values.pop(value, None)  # private to the island: nothing else reads it
+            dropped.update(node.inputs)
+            continue
+        match = fused.get(node.name)
+        if match is not None:
+            inputs = [match.query, match.key, match.value, *([match.mask] if match.mask else [])]
+            attrs = {"heads": match.heads, "head_dim": match.head_dim, "scale": match.scale}
+            node = Node(f"{match.output}_attention", Op.ATTENTION, inputs, [match.output], attrs)
+        nodes.append(node)
+    out.nodes = nodes
+    used = {name for node in nodes for name in node.inputs} | set(out.outputs.values())
+    for name in [c for c in dropped & set(out.constants) if c not in used]:
+        del out.constants[name]  # the score scale, now an attribute
+        out.quant.pop(name, None)
+    return out
 
 
 class _Walk:

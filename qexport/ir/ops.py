@@ -131,6 +131,12 @@ class Op(StrEnum):
     """(x) attrs ``pads`` (list of [before, after] per axis, first axis first), ``value``:
     constant padding."""
 
+    ATTENTION = "Attention"
+    """(q, k, v [b, s, heads·dim], mask [b, 1, 1 or s, s]?) attrs ``heads``, ``head_dim``, ``scale``:
+    per head h, softmax(q_h @ k_hᵀ · scale + mask) @ v_h, the heads joined back to [b, s, heads·dim].
+    Made only by the attention-fusion pass (``qexport.ir.attention.fuse_attention``) that a backend
+    with a fused kernel runs before lowering; capture and ``.qir`` files keep attention decomposed."""
+
 
 DTYPES: frozenset[str] = frozenset({"float32", "int64", "int32", "int16", "int8", "uint8", "bool"})
 """Tensor dtypes a value may have (quantized values additionally carry a QuantSpec)."""

@@ -224,6 +224,25 @@ def pad(xs, attrs, dims):
     return np.pad(x, [tuple(p) for p in attrs["pads"]], constant_values=attrs["value"])
 
 
+@kernel(Op.ATTENTION)
+def attention(xs, attrs, dims):
+    q, k, v, mask = ([*list(xs), None])[:4]
+    assert q is not None and k is not None and v is not None
+    heads, dim = int(attrs["heads"]), int(attrs["head_dim"])
+
+    def split(x: Array) -> Array:  # [b, s, heads * dim] -> [b, heads, s, dim]
+        return x.reshape(x.shape[0], x.shape[1], heads, dim).transpose(0, 2, 1, 3)
+
+    scores = np.matmul(split(q), split(k).transpose(0, 1, 3, 2))
+    if float(attrs["scale"]) != 1.0:
+        scores = scores * np.float32(attrs["scale"])
+    if mask is not None:
+        scores = scores + mask
+    probs = softmax([scores], {"axis": -1}, dims)
+    context = np.matmul(probs, split(v)).transpose(0, 2, 1, 3)
+    return context.reshape(q.shape[0], q.shape[1], heads * dim)
+
+
 missing = set(Op) - set(KERNELS)
 if missing:  # checked at import: every IR op has golden semantics
     raise ImportError(f"reference kernels missing for {sorted(m.value for m in missing)}")
