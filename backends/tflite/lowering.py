@@ -324,7 +324,8 @@ def concat(ctx: Ctx, node: Node) -> None:
 @lowers(Op.EXPAND)
 def expand(ctx: Ctx, node: Node) -> None:
     shape = ctx.int_vector("shape", list(ctx.shape(node.outputs[0])))
-    ctx.b.op(OP.BROADCAST_TO, [ctx.float_in(node.inputs[0]), shape], [ctx.output(node.outputs[0])])
+    # version 2: BROADCAST_TO's version 1 was withdrawn (op_version.cc) and LiteRT registers none
+    ctx.b.op(OP.BROADCAST_TO, [ctx.float_in(node.inputs[0]), shape], [ctx.output(node.outputs[0])], version=2)
 
 
 @lowers(Op.WHERE)
