@@ -118,6 +118,23 @@ def minilm_int8(minilm, docstring_texts):
 
 
 @pytest.fixture(scope="session")
+def minilm_int8_file(minilm_int8, tmp_path_factory):
+    """``lowered(backend) -> (path, facts)``: MiniLM int8 written once per backend per session."""
+    from qexport.backends import get
+
+    made: dict[str, tuple[Path, dict]] = {}
+
+    def lowered(name: str) -> tuple[Path, dict]:
+        if name not in made:
+            backend = get(name)
+            path = tmp_path_factory.mktemp(name) / f"model{backend.suffix}"
+            made[name] = (path, backend.lower(minilm_int8, path))
+        return made[name]
+
+    return lowered
+
+
+@pytest.fixture(scope="session")
 def minilm_npu_graph(minilm, docstring_texts):
     """MiniLM quantized by npu-int16 (the --for npu recipe) on 128 calibration sentences."""
     import qexport
