@@ -13,11 +13,11 @@ with 2 intra-op threads, flushes only while onnxruntime runs).
 
 Fidelity, every CPU: ``session.qdq_matmulnbits_accuracy_level=1``. onnxruntime (1.32) rewrites
 DequantizeLinear(int8 weight) -> MatMul with a *float* input (``int8-mixed``'s int16 islands,
-``weight-only``; ``dynamic`` before its Linears became Gemms of integer steps) into its MatMulNBits kernel, by default at
-accuracy level 4: it quantizes the float input to int8 per block at run time, which the file
-does not say. MiniLM vs the IR simulation (96 sentences, AVX2 EPYC, 2026-12-04): ``dynamic``
-30.3 -> 36.2 dB, ``int8-mixed`` 30.6 -> 35.2 dB at level 1 (float), for 19 % and 7 % more
-latency; ``int8`` files have no MatMulNBits and do not change.
+``weight-only``, ``--onnx-linears qdq`` with ``dynamic``) into its MatMulNBits kernel, by
+default at accuracy level 4: it quantizes the float input to int8 per block at run time, which
+the file does not say. MiniLM vs the IR simulation (96 sentences, AVX2 EPYC): ``dynamic`` as
+MatMulNBits 30.3 -> 36.2 dB, ``int8-mixed`` 30.6 -> 35.2 dB at level 1 (float), for 19 % and
+7 % more latency; ``int8`` files have no MatMulNBits and do not change.
 
 Exactness, x86 without VNNI only:
 
