@@ -12,7 +12,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-from qexport.errors import QExportError, UsageError
+from qexport.errors import LoweringError, QExportError, UsageError
 from qexport.ir.graph import Graph
 from qexport.ir.ops import Op
 
@@ -64,10 +64,7 @@ def check_lowerable(
     and what the backend supports) or a Linear's weight is not a constant."""
     for node in graph.nodes:
         if node.op not in supported:
-            names = ", ".join(sorted(op.value for op in supported))
-            raise QExportError(
-                f"{backend} backend cannot lower op {node.op.value} (node {node.name!r}); supported: {names}"
-            )
+            raise LoweringError(backend, node.op.value, node.name, sorted(op.value for op in supported))
         if constant_weights and node.op is Op.LINEAR and node.inputs[1] not in graph.constants:
             raise QExportError(f"{backend} backend: Linear {node.name!r} needs a constant weight")
 

@@ -41,5 +41,16 @@ class OutputError(QExportError):
     """The output directory cannot be written."""
 
 
+class LoweringError(QExportError):
+    """A backend cannot lower a node: names the op, the node, the backend and what it supports."""
+
+    def __init__(self, backend: str, op: str, node: str, supported: list[str], what: str = "") -> None:
+        self.backend, self.op, self.node, self.supported = backend, op, node, supported
+        reason = f": {what}" if what else ""
+        super().__init__(
+            f"{backend} backend cannot lower op {op} (node {node!r}){reason}; supported: {', '.join(supported)}"
+        )
+
+
 class UsageError(QExportError):
     """A flag or argument combination makes no sense."""

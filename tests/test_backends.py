@@ -13,7 +13,7 @@ import pytest
 
 import qexport
 from qexport.backends import get
-from qexport.errors import QExportError
+from qexport.errors import LoweringError, QExportError
 from qexport.ir.ops import Op
 from tests.test_quantize_minilm import parity, pooled_outputs
 
@@ -111,8 +111,9 @@ def test_op_without_lowering_fails_before_writing(name, tiny_model_dirs, tmp_pat
     monkeypatch.delitem(_table(name), Op.GELU)
     backend = get(name)
     pattern = rf"{name} backend cannot lower op Gelu \(node 'encoder\.layer\.0\.intermediate.*; supported: "
-    with pytest.raises(QExportError, match=pattern):
+    with pytest.raises(LoweringError, match=pattern) as raised:
         backend.lower(graph, tmp_path / f"m{backend.suffix}")
+    assert (raised.value.backend, raised.value.op) == (name, "Gelu") and "Linear" in raised.value.supported
     assert not list(tmp_path.iterdir())
 
 

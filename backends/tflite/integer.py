@@ -17,7 +17,7 @@ from qexport.backends import registrar
 from qexport.backends.tflite.builder import Quant
 from qexport.backends.tflite.context import OP, OPT, Ctx, quant_of
 from qexport.backends.tflite.emit import make_options, reshape_to
-from qexport.errors import QExportError
+from qexport.errors import LoweringError, QExportError
 from qexport.ir.graph import Graph, Node, QDType
 from qexport.ir.integer_form import LAYOUT_OPS
 from qexport.ir.ops import Op
@@ -306,10 +306,8 @@ def check_integer(graph: Graph) -> None:
     """Every op has an integer kernel here and every float value crosses in integers."""
     for node in graph.nodes:
         if node.op not in INTEGER_LOWERINGS:
-            raise QExportError(
-                f"tflite backend: op {node.op.value} (node {node.name!r}) has no integer form; "
-                f"full-integer files support {', '.join(sorted(op.value for op in INTEGER_LOWERINGS))}"
-            )
+            supported = sorted(op.value for op in INTEGER_LOWERINGS)
+            raise LoweringError("tflite", node.op.value, node.name, supported, "no full-integer form")
         for value in node.outputs:
             info = graph.values[value]
             if info.dtype == "float32" and value not in graph.quant:
