@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks import gates, npu, peers
+from benchmarks import gates, htp, npu, peers
 from benchmarks.measure import interleaved_latency, parity, peak_rss_mb, pooled, ratio
 from benchmarks.noise_floor import float_ulp_floor
 from qexport.backends.cpu import cpuinfo
@@ -369,6 +369,8 @@ def main() -> None:
     _latencies(result["rows"], fp32_bytes)
     print(f"vela on {len(tflite_files)} .tflite files ...", flush=True)
     result["npu"] = {tool: npu.vela_report(path, work) for tool, path in tflite_files.items()}
+    print("Qualcomm HTP simulator: ours and onnxruntime's QNN flow ...", flush=True)
+    result["htp"] = htp.section(model_dir, calib, held_out, work)
     result["gates"] = gates.evaluate(result)
     if not args.skip_scale:
         result["scaling"] = [_scale(name) for name in ("minilm", "bert-base", "bert-large")]
@@ -492,6 +494,8 @@ def to_markdown(result: dict[str, Any]) -> str:
         )
     if result.get("npu"):
         lines += _npu_markdown(result)
+    if result.get("htp"):
+        lines += ["", htp.to_markdown(result["htp"])]
     if result.get("gates"):
         lines += ["", f"The issues' gates in this run, on this CPU ({result.get('cpu', '?')}):", ""]
         lines += gates.to_markdown(result["gates"])

@@ -43,6 +43,8 @@ GAPS: dict[tuple[str, str, str], str] = {
     ("Attention", "tflite", "qdq-int8"): "only the ONNX backend fuses attention",
     ("Erf", "tflite", "qdq-int8"): "TFLite has no built-in ERF",
     ("Slice", "tflite", "npu-int16"): "integer STRIDED_SLICE is written for step 1 only (BERT's slices)",
+    ("Erf", "onnx", "npu-int16"): "the NPU form refuses what Qualcomm's HTP cannot take (QNN_UNSUPPORTED)",
+    ("Attention", "onnx", "npu-int16"): "the NPU form refuses what Qualcomm's HTP cannot take",
     **{
         ("LayerNorm", backend, "npu-int16"): "a constant token has zero variance (and an all-zero one "
         "a zero peak): rsqrt(0) stops calibration with a clear error; BERT's summed embeddings are "

@@ -17,7 +17,8 @@ from qexport.atomic import write_bytes
 from qexport.backends.onnx.cpu import EXACT_U8U8, FLOAT_MATMULNBITS, NO_DENORMALS, flush_denormals
 from qexport.backends.onnx.dynamic import dynamic_fake_quant
 from qexport.backends.onnx.linears import float_linears
-from qexport.backends.onnx.notes import cpu_notes
+from qexport.backends.onnx.notes import HTP_NOTE, cpu_notes
+from qexport.backends.onnx.qnn import HTP_ARCH, QNN_UNSUPPORTED
 from qexport.backends.onnx.session import new_session, run_intermediates, session_options
 from qexport.errors import QExportError
 from qexport.ir.graph import Graph
@@ -66,6 +67,9 @@ class OnnxBackend:
         from qexport.backends.onnx.lowering import LOWERINGS
 
         check_lowerable(graph, "onnx", LOWERINGS)
+        if self.writes_npu_form(graph):  # Qualcomm's HTP must take every node of the NPU form
+            supported = [op for op in LOWERINGS if op not in QNN_UNSUPPORTED]
+            check_lowerable(graph, "onnx (NPU form, Qualcomm HTP)", supported)
 
     def build(self, graph: Graph) -> Any:
         """The onnx.ModelProto for ``graph`` (``lower`` checks its bytes with onnx.checker)."""
@@ -150,7 +154,9 @@ class OnnxBackend:
             "ir_version": ir_version,
             "linears": LINEAR_FORMS[0] if self.integer_linears and not npu else LINEAR_FORMS[1],
         }
-        notes = [] if npu else cpu_notes(graph, self.integer_linears)  # CPU advice only
+        notes = [HTP_NOTE] if npu else cpu_notes(graph, self.integer_linears)
+        if npu:
+            facts["qnn_provider_options"] = {"htp_arch": HTP_ARCH}
         facts["session_config"] = {
             **NO_DENORMALS,
             **(FLOAT_MATMULNBITS if float_linears(graph, self.integer_linears) else {}),

@@ -24,6 +24,14 @@ SPEED_NOTE = note(
 )
 
 
+HTP_NOTE = note(
+    "onnx: made for Qualcomm HTP v73+; open it with QNN provider option htp_arch='73' (or newer)",
+    "the manifest's qnn_provider_options list it. onnxruntime-qnn compiles for v68 by default, "
+    "where the 16-bit FullyConnected with per-channel weights drifts (MiniLM: 21 dB from the IR "
+    "instead of 33 dB; docs/decisions/0005-htp-arch.md)",
+)
+
+
 def cpu_notes(graph: Graph, integer_linears: bool) -> list[dict[str, Any]]:
     """Every note for a CPU (not NPU-form) file of ``graph``."""
     notes = slow_path_notes(graph, integer_linears)
