@@ -18,11 +18,12 @@ from qexport.backends.onnx.cpu import EXACT_U8U8, FLOAT_MATMULNBITS, NO_DENORMAL
 from qexport.backends.onnx.dynamic import dynamic_fake_quant
 from qexport.backends.onnx.linears import float_linears
 from qexport.backends.onnx.notes import HTP_NOTE, cpu_notes
-from qexport.backends.onnx.qnn import HTP_ARCH, QNN_UNSUPPORTED
+from qexport.backends.onnx.qnn import HTP_ARCH, QNN_UNSUPPORTED, signed_matmul_inputs
 from qexport.backends.onnx.session import new_session, run_intermediates, session_options
 from qexport.errors import QExportError
 from qexport.ir.graph import Graph
 from qexport.ir.integer_form import is_full_integer
+from qexport.ir.ops import Op
 
 # 21: int16 and per-axis int8 QuantizeLinear/DequantizeLinear; 23: the Attention op
 # (backends/onnx/attention.py). IR version 11 is the one opset 23 came with (onnx 1.18).
@@ -53,9 +54,9 @@ class OnnxBackend:
         # fuse rounds every product (38 dB from the fused result). See docs/backend-onnx.md.
         self.integer_linears = integer_linears
         # The form Qualcomm's HTP (onnxruntime's QNN provider) takes whole: activations as
-        # uint8/uint16 (its Abs and MatMul refuse int16; same real values, zero point shifted),
-        # plain QDQ Linears and static shapes [1, seq]. None: on for full-integer graphs
-        # (--for npu). docs/integer.md.
+        # uint8/uint16 (its Abs, Exp, Pow... refuse int16; same real values, zero point
+        # shifted) but int16 into MatMul (exact only so), plain QDQ Linears and static shapes
+        # [1, seq]. None: on for full-integer graphs (--for npu). docs/integer.md.
         self.npu_form = npu_form
 
     def writes_npu_form(self, graph: Graph) -> bool:
@@ -100,6 +101,8 @@ class OnnxBackend:
                 else _resolve(b, graph, name)
                 for i, name in enumerate(node.inputs)
             ]
+            if npu and node.op is Op.MATMUL:
+                xs = signed_matmul_inputs(b, graph, node, xs)
             out = node.outputs[0]
             spec = graph.quant.get(out)
             produced = f"{out}_float" if spec is not None else out

@@ -121,6 +121,17 @@ class OnnxBuilder:
         )
         self.node("Mul", [clipped, scale], value, name=f"{value}_dequantize")
 
+    def signed_view(self, value: str, spec: QuantSpec) -> str:
+        """``value`` (a uint16-stored int16 tensor) re-quantized to int16, zero point 0: the
+        same integers minus 32768, so the same real values (qnn.signed_matmul_inputs)."""
+        name = f"{value}_signed"
+        if name not in self.cache:
+            scale = self.initializer(f"{value}_scale", spec.scale)
+            zero = self.initializer(f"{name}_zero_point", np.asarray(spec.zero_point).astype(np.int16))
+            q = self.node("QuantizeLinear", [value, scale, zero], f"{name}_quantized")
+            self.cache[name] = self.node("DequantizeLinear", [q, scale, zero], name)
+        return self.cache[name]
+
     def prune(self, outputs: set[str]) -> None:
         """Drop nodes whose results nothing reads, then initializers no node reads.
 

@@ -28,7 +28,7 @@ HTP_NOTE = note(
     "onnx: made for Qualcomm HTP v73+; open it with QNN provider option htp_arch='73' (or newer)",
     "the manifest's qnn_provider_options list it. onnxruntime-qnn compiles for v68 by default, "
     "where the 16-bit FullyConnected with per-channel weights drifts (MiniLM: 21 dB from the IR "
-    "instead of 33 dB; docs/decisions/0005-htp-arch.md)",
+    "instead of 44 dB; docs/decisions/0005-htp-arch.md)",
 )
 
 

@@ -8,7 +8,7 @@ fails unless every node runs on QNN. It is the few lines a user writes (README, 
 simulator compiles for v68 unless told otherwise, and there (and on v69) the 16-bit-activation
 FullyConnected with per-channel int8 weights is off by a per-channel constant of several output
 steps (std 6.9 steps on a random 1536x384 layer; 0.4 from v73 on): all-MiniLM-L6-v2 lands
-21 dB from the IR on v68/v69 and 33 dB on v73/v75/v79 (docs/decisions/0005-htp-arch.md).
+21 dB from the IR on v68/v69 and 44 dB on v73/v79 (docs/decisions/0005-htp-arch.md).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from qexport.errors import QExportError
+from qexport.ir.graph import Graph, Node, QDType
 from qexport.ir.ops import Op
 
 HTP_ARCH = "73"
@@ -27,6 +28,22 @@ every row of the op table (tests/op_cases.py) on the v73 simulator: Erf has no q
 form; a 16-bit Attention node fails to finalize (QNN_COMMON_ERROR_MEM_ALLOC). The NPU recipes
 write neither (GELU becomes its tanh form, attention stays separate ops), but a graph that has
 them is refused before writing."""
+
+
+def signed_matmul_inputs(b: Any, graph: Graph, node: Node, xs: list[str]) -> list[str]:
+    """A MatMul's 16-bit inputs, read through an int16 QuantizeLinear/DequantizeLinear pair.
+
+    The HTP's 16x16 MatMul is inexact with uint16 inputs (zero point 32768): std 60 output steps
+    on a random [128, 32] x [32, 128] product (42 dB); with int16 inputs, zero point 0, it is exact
+    to 0.4 steps (v73). Other ops refuse signed 16-bit tensors (Abs, Exp, Pow, ...) and a
+    Transpose cannot change the type, so the conversion is the MatMul's own (a QNN Convert).
+    """
+    out = list(xs)
+    for i, name in enumerate(node.inputs):
+        spec = graph.quant.get(name)
+        if spec is not None and spec.dtype is QDType.INT16 and spec.axis is None:
+            out[i] = b.signed_view(xs[i], spec)
+    return out
 
 
 def htp_session(path: Path, *, strict: bool = True, arch: str = HTP_ARCH, log_level: int = 3) -> Any:
