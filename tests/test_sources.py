@@ -192,3 +192,68 @@ def test_existing_output_is_left_untouched_by_a_failed_run(tiny_model_dirs, tmp_
     assert [p.name for p in out.iterdir()] == ["manifest.json"] and (
         out / "manifest.json"
     ).read_text() == "{}"
+
+
+# ------------------------------------------------- quantization workflows' outputs
+
+
+def _tiny_bert(tiny_model_dirs):
+    from transformers import BertModel
+
+    return BertModel.from_pretrained(tiny_model_dirs["bert"]).eval()
+
+
+def test_quantize_dynamic_state_dict_is_refused_not_requantized(tiny_model_dirs, tmp_path):
+    """Its Linears' weights are packed int8: loading it as float weights used to fail on 26
+    "missing" keys; it must say what it is (exit 2, nothing written)."""
+    quantized = torch.ao.quantization.quantize_dynamic(
+        _tiny_bert(tiny_model_dirs), {torch.nn.Linear}, dtype=torch.qint8
+    )
+    torch.save(quantized.state_dict(), tmp_path / "quantized_bert.pth")
+    out = tmp_path / "out"
+    config = str(tiny_model_dirs["bert"] / "config.json")
+    result = run_cli(
+        str(tmp_path / "quantized_bert.pth"), "--config", config, "--seq-len", "16", "-o", str(out)
+    )
+    assert_clean_failure(result, out, "torch.ao quantized state_dict", "_packed_params")
+
+
+def test_qat_state_dict_is_refused_not_silently_stripped(tiny_model_dirs, tmp_path):
+    """Eager QAT (fbgemm qconfig, prepare_qat): its FakeQuantize scales used to be dropped
+    without a word and the model re-quantized with qexport's own calibration."""
+    from torch.ao.quantization import get_default_qat_qconfig, prepare_qat
+
+    model = _tiny_bert(tiny_model_dirs).train()
+    model.qconfig = get_default_qat_qconfig("fbgemm")
+    for module in model.modules():
+        if isinstance(module, torch.nn.Embedding):
+            module.qconfig = None  # eager QAT has no float-qparams embedding in this qconfig
+    prepare_qat(model, inplace=True)
+    model(torch.randint(0, 64, (2, 8))).last_hidden_state.sum().backward()
+    torch.save(model.state_dict(), tmp_path / "qat.pth")
+    out = tmp_path / "out"
+    config = str(tiny_model_dirs["bert"] / "config.json")
+    result = run_cli(str(tmp_path / "qat.pth"), "--config", config, "--seq-len", "16", "-o", str(out))
+    assert_clean_failure(result, out, "QAT or observed state_dict", "post_process")
+
+
+def test_pickled_quantized_module_is_refused_before_export(tiny_model_dirs, tmp_path):
+    quantized = torch.ao.quantization.quantize_dynamic(
+        _tiny_bert(tiny_model_dirs), {torch.nn.Linear}, dtype=torch.qint8
+    )
+    torch.save(quantized, tmp_path / "quantized_bert.pt")
+    with pytest.raises(
+        SourceError, match=r"module 'encoder\.layer\.0\.attention\.self\.query' is a PyTorch quantized"
+    ):
+        qexport.capture(tmp_path / "quantized_bert.pt", seq_len=16, trust_pickle=True)
+
+
+def test_keys_the_architecture_has_no_place_for_are_reported(tiny_model_dirs, tmp_path):
+    state = _tiny_bert(tiny_model_dirs).state_dict()
+    state["cls.predictions.bias"] = torch.zeros(64)  # a pre-training head BertModel does not have
+    torch.save(state, tmp_path / "with_head.pt")
+    graph = qexport.capture(
+        tmp_path / "with_head.pt", seq_len=16, config=tiny_model_dirs["bert"] / "config.json"
+    )
+    notes = graph.metadata["notes"]
+    assert any("ignored 1 key(s)" in n and "cls.predictions.bias" in n for n in notes), notes

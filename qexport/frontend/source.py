@@ -202,7 +202,7 @@ def _load_hf_dir(path: Path) -> LoadedSource:
     else:
         raise SourceError(f"{path}: no model.safetensors or pytorch_model.bin next to config.json")
     model = model_from_config(config, path)
-    load_state_dict_into(model, _read_state_dict(weights), weights)
+    unused = load_state_dict_into(model, _read_state_dict(weights), weights)
     has_tokenizer = (path / "tokenizer.json").is_file() or (path / "vocab.txt").is_file()
     return LoadedSource(
         path,
@@ -211,7 +211,19 @@ def _load_hf_dir(path: Path) -> LoadedSource:
         module=model.eval(),
         config=config,
         tokenizer_dir=path if has_tokenizer else None,
+        notes=_unused_keys_note(unused, weights),
     )
+
+
+def _unused_keys_note(unused: list[str], where: Path) -> list[str]:
+    """Keys the architecture has no place for (a pre-training head, say): said, never silent."""
+    if not unused:
+        return []
+    text = (
+        f"ignored {len(unused)} key(s) of {where.name} the architecture has no place for, e.g. {unused[:3]}"
+    )
+    log.warning("%s", text)
+    return [text]
 
 
 @contextmanager
@@ -340,6 +352,7 @@ def _load_weights_file(path: Path, config: str | Path | None, trust_pickle: bool
 
         if isinstance(state, torch.nn.Module):
             log.warning("loaded a pickled nn.Module from %s (--trust-pickle)", path)
+            refuse_quantized_module(state, path)
             module = state.eval()
             if hasattr(module, "set_attn_implementation"):
                 module.set_attn_implementation("eager")
@@ -357,8 +370,15 @@ def _load_weights_file(path: Path, config: str | Path | None, trust_pickle: bool
         raise SourceError(f"{path}: a state_dict carries no architecture; pass --config path/to/config.json")
     cfg = read_config(Path(config))
     model = model_from_config(cfg, Path(config))
-    load_state_dict_into(model, state, path)
-    return LoadedSource(path, "state-dict", file_sha256(path), module=model.eval(), config=cfg)
+    unused = load_state_dict_into(model, state, path)
+    return LoadedSource(
+        path,
+        "state-dict",
+        file_sha256(path),
+        module=model.eval(),
+        config=cfg,
+        notes=_unused_keys_note(unused, path),
+    )
 
 
 def _torch_load(path: Path, trust_pickle: bool) -> Any:
@@ -401,8 +421,11 @@ def _read_state_dict(path: Path) -> dict[str, Any]:
     return state
 
 
-def load_state_dict_into(model: Any, state: dict[str, Any], where: Path) -> None:
-    """Strict load; HF checkpoints may prefix keys with the base model name."""
+def load_state_dict_into(model: Any, state: dict[str, Any], where: Path) -> list[str]:
+    """Strict load; HF checkpoints may prefix keys with the base model name. Returns the keys
+    the architecture has no place for (the caller reports them: a dropped key is never silent);
+    quantization state (packed int8 weights, FakeQuantize or observer buffers) is refused."""
+    refuse_quantized_state(state, where)
     expected = set(model.state_dict())
     prefix = getattr(model, "base_model_prefix", "")
     if prefix and not (set(state) & expected):
@@ -420,6 +443,46 @@ def load_state_dict_into(model: Any, state: dict[str, Any], where: Path) -> None
         raise SourceError(
             f"{where}: weights do not fit the architecture ({str(exc).splitlines()[0]})"
         ) from None
+    return sorted(set(state) - expected)
+
+
+# What PyTorch's quantization workflows leave in a state_dict, by the key's last parts.
+_PACKED = "._packed_params."  # torch.ao quantize_dynamic / convert: int8 weights packed per Linear
+_FAKE_QUANT = (".weight_fake_quant.", ".activation_post_process.", ".fake_quant_enabled", ".observer_enabled")
+
+
+def refuse_quantized_state(state: dict[str, Any], where: Path | str) -> None:
+    """A state_dict from a quantization workflow cannot pass as a float one: its packed int8
+    weights would be missing and its trained FakeQuantize params silently dropped."""
+    packed = sorted(k for k in state if _PACKED in k)
+    if packed:
+        raise SourceError(
+            f"{where}: a torch.ao quantized state_dict (quantize_dynamic or convert; packed int8 "
+            f"weights such as {packed[0]!r}); qexport does not read its integers yet and will not "
+            "re-quantize them silently: pass the float model's state_dict"
+        )
+    fake = sorted(k for k in state if any(part in f"{k}." for part in _FAKE_QUANT))
+    if fake:
+        raise SourceError(
+            f"{where}: a QAT or observed state_dict (FakeQuantize/observer buffers such as "
+            f"{fake[0]!r}); qexport does not keep their scales yet and will not drop them "
+            "silently: save it without the keys holding 'fake_quant' or 'post_process' to "
+            "re-quantize its weights with qexport's calibration"
+        )
+
+
+def refuse_quantized_module(module: Any, where: Path | str) -> None:
+    """The same for a whole (unpickled) module: torch.ao quantized or fake-quant submodules."""
+    for name, sub in module.named_modules():
+        kind = type(sub).__module__
+        if kind.startswith(
+            ("torch.ao.nn.quantized", "torch.ao.nn.intrinsic.quantized", "torch.ao.nn.qat")
+        ) or (kind.startswith("torch.ao.quantization") and hasattr(sub, "scale")):
+            raise SourceError(
+                f"{where}: module {name!r} is a PyTorch quantized or QAT module "
+                f"({type(sub).__name__}); qexport does not read torch.ao quantized models yet: "
+                "pass the float model"
+            )
 
 
 def _optional_buffers(model: Any) -> set[str]:
