@@ -56,7 +56,7 @@ def quantize(
 
     spec = resolve(recipe)
     calib = None
-    if spec.quantizes_activations:
+    if spec.needs_calibration:
         length = seq_len or int(graph.metadata.get("capture", {}).get("seq_len", 128))
         calib = load_calibration(
             graph, calibration, seq_len=length, tokenizer_dir=Path(tokenizer) if tokenizer else None

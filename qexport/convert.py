@@ -117,7 +117,16 @@ def convert(src: str | Path, out: Path, opts: ConvertOptions, step: Step | None 
             captured = capture_source(
                 src, seq_len=opts.seq_len, config=opts.config, trust_pickle=opts.trust_pickle
             )
-        graphs = _quantize(captured, list(plan), opts, step)
+        if captured.quantized is not None:  # PyTorch quantized it: its integers, every target
+            if opts.recipe is not None or opts.device != "cpu":
+                raise UsageError(
+                    f"{src}: the model is already quantized ({captured.quantized.metadata['recipe']['source']}); "
+                    "--recipe and --for do not apply, its own integers are kept"
+                )
+            plan = {captured.quantized.metadata["recipe"]["name"]: targets}
+            graphs = {name: captured.quantized for name in plan}
+        else:
+            graphs = _quantize(captured, list(plan), opts, step)
         for recipe, users in plan.items():
             for backend in users:
                 backend.check(graphs[recipe])  # every backend vets its graph before any file is written
@@ -207,7 +216,7 @@ def _quantize(captured: Any, recipes: list[str], opts: ConvertOptions, step: Ste
 
     graph = captured.graph
     calib = None
-    if any(resolve(r).quantizes_activations for r in recipes):
+    if any(resolve(r).needs_calibration for r in recipes):
         tokenizer = opts.tokenizer or captured.source.tokenizer_dir
         calib = load_calibration(
             graph,
@@ -220,7 +229,7 @@ def _quantize(captured: Any, recipes: list[str], opts: ConvertOptions, step: Ste
     graphs = {}
     for name in recipes:
         recipe = resolve(name)
-        used = calib if recipe.quantizes_activations else None
+        used = calib if recipe.needs_calibration else None
         with step(
             f"quantizing with recipe {recipe.name!r}"
             + (f" ({used.size} calibration samples)" if used else "")

@@ -121,7 +121,7 @@ def _gather(g):
     return g.floats()
 
 
-@case(Op.LINEAR, extra_forms=("int8", "int8-full", "dynamic", "int16x8", "weight-only"))
+@case(Op.LINEAR, extra_forms=("int8", "int8-full", "dynamic", "torch-dynamic", "int16x8", "weight-only"))
 def _linear(g):
     rng = np.random.default_rng(11)
     weight = g.const((rng.standard_normal((12, WIDTH)) * 0.3).astype(np.float32))

@@ -203,11 +203,11 @@ def _tiny_bert(tiny_model_dirs):
     return BertModel.from_pretrained(tiny_model_dirs["bert"]).eval()
 
 
-def test_quantize_dynamic_state_dict_is_refused_not_requantized(tiny_model_dirs, tmp_path):
-    """Its Linears' weights are packed int8: loading it as float weights used to fail on 26
-    "missing" keys; it must say what it is (exit 2, nothing written)."""
+def test_float16_quantize_dynamic_state_dict_is_refused(tiny_model_dirs, tmp_path):
+    """qint8 quantize_dynamic sources keep their integers (test_torch_quantized_sources.py);
+    what qexport cannot keep is one line (exit 2, nothing written), never a re-quantization."""
     quantized = torch.ao.quantization.quantize_dynamic(
-        _tiny_bert(tiny_model_dirs), {torch.nn.Linear}, dtype=torch.qint8
+        _tiny_bert(tiny_model_dirs), {torch.nn.Linear}, dtype=torch.float16
     )
     torch.save(quantized.state_dict(), tmp_path / "quantized_bert.pth")
     out = tmp_path / "out"
@@ -215,7 +215,7 @@ def test_quantize_dynamic_state_dict_is_refused_not_requantized(tiny_model_dirs,
     result = run_cli(
         str(tmp_path / "quantized_bert.pth"), "--config", config, "--seq-len", "16", "-o", str(out)
     )
-    assert_clean_failure(result, out, "torch.ao quantized state_dict", "_packed_params")
+    assert_clean_failure(result, out, "packed Linear qexport cannot read", "dtype=torch.qint8")
 
 
 def test_qat_state_dict_is_refused_not_silently_stripped(tiny_model_dirs, tmp_path):
@@ -235,17 +235,6 @@ def test_qat_state_dict_is_refused_not_silently_stripped(tiny_model_dirs, tmp_pa
     config = str(tiny_model_dirs["bert"] / "config.json")
     result = run_cli(str(tmp_path / "qat.pth"), "--config", config, "--seq-len", "16", "-o", str(out))
     assert_clean_failure(result, out, "QAT or observed state_dict", "post_process")
-
-
-def test_pickled_quantized_module_is_refused_before_export(tiny_model_dirs, tmp_path):
-    quantized = torch.ao.quantization.quantize_dynamic(
-        _tiny_bert(tiny_model_dirs), {torch.nn.Linear}, dtype=torch.qint8
-    )
-    torch.save(quantized, tmp_path / "quantized_bert.pt")
-    with pytest.raises(
-        SourceError, match=r"module 'encoder\.layer\.0\.attention\.self\.query' is a PyTorch quantized"
-    ):
-        qexport.capture(tmp_path / "quantized_bert.pt", seq_len=16, trust_pickle=True)
 
 
 def test_keys_the_architecture_has_no_place_for_are_reported(tiny_model_dirs, tmp_path):

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from qexport.ir.graph import QuantSpec
+from qexport.ir.graph import QDType, QuantSpec
 
 
 def dynamic_fake_quant(b: Any, out: str, produced: str, spec: QuantSpec) -> None:
@@ -32,7 +32,8 @@ def dynamic_fake_quant(b: Any, out: str, produced: str, spec: QuantSpec) -> None
 
 
 def _asymmetric_dynamic_fake_quant(b: Any, out: str, produced: str, spec: QuantSpec) -> None:
-    """XNNPACK's asymmetric int8 rule (``qexport.ir.arith.dynamic_params``) in float ops."""
+    """The spec's asymmetric rule (``qexport.ir.arith.dynamic_params``: XNNPACK's for int8,
+    PyTorch's for uint7) in float ops."""
 
     def f32(value: float) -> str:
         return str(b.const(np.array(value, np.float32)))
@@ -45,25 +46,34 @@ def _asymmetric_dynamic_fake_quant(b: Any, out: str, produced: str, spec: QuantS
     high = b.node("Max", [high, f32(0.0)], f"{out}_max0")
     width = b.node("Sub", [high, low], f"{out}_width")
     nonzero = b.node("Greater", [width, f32(0.0)], f"{out}_nonzero")
-    safe_width = b.node("Where", [nonzero, width, f32(1.0)], f"{out}_width_safe")
-    inverse = b.node("Div", [f32(255.0), safe_width], f"{out}_m_raw")
-    mult = b.node("Where", [nonzero, inverse, f32(1.0)], f"{out}_multiplier")
-    low_s = b.node("Mul", [low, mult], f"{out}_min_scaled")
-    high_s = b.node("Mul", [high, mult], f"{out}_max_scaled")
-    from_min = b.node("Add", [f32(-128.0), low_s], f"{out}_err_min")
-    from_max = b.node("Add", [f32(127.0), high_s], f"{out}_err_max")
-    use_min = b.node(
-        "Greater", [b.node("Add", [from_min, from_max], f"{out}_err_sum"), f32(0.0)], f"{out}_use_min"
-    )
-    zp_min = b.node("Sub", [f32(-128.0), low_s], f"{out}_zp_from_min")
-    zp_max = b.node("Sub", [f32(127.0), high_s], f"{out}_zp_from_max")
-    zp = b.node("Where", [use_min, zp_min, zp_max], f"{out}_zp_raw")
-    zp = b.node("Round", [b.node("Clip", [zp, f32(-128.0), f32(127.0)], f"{out}_zp_clip")], f"{out}_zp")
+    if spec.dtype is QDType.UINT7:
+        safe_width = b.node("Where", [nonzero, width, f32(127.0)], f"{out}_width_safe")
+        scale = b.node("Div", [safe_width, f32(127.0)], f"{out}_dynscale")
+        # Reciprocal, not Div(1, s): see below
+        mult = b.node("Reciprocal", [scale], f"{out}_multiplier")
+        shift = b.node("Div", [b.node("Neg", [low], f"{out}_neg_min"), scale], f"{out}_zp_raw")
+        zp = b.node("Round", [b.node("Clip", [shift, f32(0.0), f32(127.0)], f"{out}_zp_clip")], f"{out}_zp")
+    else:
+        safe_width = b.node("Where", [nonzero, width, f32(1.0)], f"{out}_width_safe")
+        inverse = b.node("Div", [f32(255.0), safe_width], f"{out}_m_raw")
+        mult = b.node("Where", [nonzero, inverse, f32(1.0)], f"{out}_multiplier")
+        low_s = b.node("Mul", [low, mult], f"{out}_min_scaled")
+        high_s = b.node("Mul", [high, mult], f"{out}_max_scaled")
+        from_min = b.node("Add", [f32(-128.0), low_s], f"{out}_err_min")
+        from_max = b.node("Add", [f32(127.0), high_s], f"{out}_err_max")
+        use_min = b.node(
+            "Greater", [b.node("Add", [from_min, from_max], f"{out}_err_sum"), f32(0.0)], f"{out}_use_min"
+        )
+        zp_min = b.node("Sub", [f32(-128.0), low_s], f"{out}_zp_from_min")
+        zp_max = b.node("Sub", [f32(127.0), high_s], f"{out}_zp_from_max")
+        zp = b.node("Where", [use_min, zp_min, zp_max], f"{out}_zp_raw")
+        zp = b.node("Round", [b.node("Clip", [zp, f32(-128.0), f32(127.0)], f"{out}_zp_clip")], f"{out}_zp")
+        # Reciprocal, not Div(1, m): onnxruntime's DivMulFusion turns Mul(x, Div(1, m)) into
+        # Div(x, m), one ulp off the rule's x * (1/m) on some rows (tests/test_dynamic_rule.py)
+        scale = b.node("Reciprocal", [mult], f"{out}_dynscale")
     scaled = b.node("Round", [b.node("Mul", [produced, mult], f"{out}_scaled")], f"{out}_rounded")
-    q = b.node("Clip", [b.node("Add", [scaled, zp], f"{out}_shifted"), f32(-128.0), f32(127.0)], f"{out}_q")
-    # Reciprocal, not Div(1, m): onnxruntime's DivMulFusion turns Mul(x, Div(1, m)) into Div(x, m),
-    # one ulp off the rule's x * (1/m) on some rows (tests/test_dynamic_rule.py)
-    scale = b.node("Reciprocal", [mult], f"{out}_dynscale")
+    bounds = [f32(float(spec.dtype.qmin)), f32(float(spec.dtype.qmax))]
+    q = b.node("Clip", [b.node("Add", [scaled, zp], f"{out}_shifted"), *bounds], f"{out}_q")
     steps = b.node("Sub", [q, zp], f"{out}_steps")
     b.cache[f"{out}:steps"] = (steps, scale)  # q - zp and the row scale, for integer Linears
     b.node("Mul", [steps, scale], out, name=f"{out}_dynamic_quant")

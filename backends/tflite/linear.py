@@ -24,6 +24,8 @@ def lower_linear(ctx: Ctx, node: Node) -> None:
       the IR's arithmetic, at float speed — see docs/backend-tflite.md;
     - input with a dynamic per-token spec -> hybrid FC (float in/out, int8 per-channel
       weights; the kernel quantizes each token row at run time, asymmetrically as the IR says);
+    - input with PyTorch's dynamic uint7 spec -> the rule in float ops, a float FC of the
+      integer steps (``_torch_dynamic_linear``);
     - no spec -> float FC (weights dequantized at load if stored as int8).
     """
     g = ctx.graph
@@ -44,6 +46,9 @@ def lower_linear(ctx: Ctx, node: Node) -> None:
         _integer_valued_linear(ctx, node, rows)
         return
 
+    if info.form is LinearForm.STEPS and in_spec is not None and in_spec.dtype is QDType.UINT7:
+        _torch_dynamic_linear(ctx, node, rows)
+        return
     if in_spec is not None and in_spec.dynamic and w_spec is not None:
         _hybrid_linear(ctx, node)
         return
@@ -285,6 +290,90 @@ def _integer_valued_linear(ctx: Ctx, node: Node, rows: int) -> None:
             options_type=OPT.AddOptions,
         )
         y = with_bias
+    reshape_into(ctx, y, node)
+
+
+def _torch_dynamic_linear(ctx: Ctx, node: Node, rows: int) -> None:
+    """PyTorch's dynamic Linear (a uint7 run-time spec over the whole input, symmetric int8
+    weights; ``arith.dynamic_params``): LiteRT's hybrid FC quantizes by XNNPACK's rule, per row,
+    so the rule is written out in float ops over the [rows, K] view; the steps ``q - zp`` then go
+    through a float FC with the integer weights (integer sums, exact below 2**24), and
+    ``· scale · s_w + b`` rounds as the IR does (``qexport.ir.linear``, ``STEPS``)."""
+    g = ctx.graph
+    x_name, w_name = node.inputs[0], node.inputs[1]
+    b_name = node.inputs[2] if len(node.inputs) > 2 else ""
+    out, w_spec = node.outputs[0], g.quant[w_name]
+    weight = g.constants[w_name]
+    n_out, k = weight.shape
+
+    def emit(code: int, inputs: list[int], name: str, shape: tuple[int, ...] = (), **kw: object) -> int:
+        dtype = str(kw.pop("dtype", "float32"))
+        tensor = ctx.b.tensor(name, shape, dtype)
+        ctx.b.op(code, inputs, [tensor], **kw)  # type: ignore[arg-type]
+        return tensor
+
+    def const(value: float) -> int:
+        return ctx.b.scalar("f32", np.float32(value))
+
+    if ctx.b.has(f"{x_name}_steps.2d"):  # Q, K and V share their input's integers
+        steps, scale = ctx.b.index[f"{x_name}_steps.2d"], ctx.b.index[f"{x_name}_dynscale"]
+    else:
+        x2 = reshape_to(ctx, ctx.float_in_raw(x_name), (rows, k), f"{x_name}.2d")
+        reducer = {
+            "options": make_options(fb.ReducerOptionsT, keepDims=False),
+            "options_type": OPT.ReducerOptions,
+        }
+        axes = ctx.int_vector("axes", [0, 1])
+        low = emit(OP.REDUCE_MIN, [x2, axes], f"{x_name}_rmin", **reducer)
+        high = emit(OP.REDUCE_MAX, [x2, axes], f"{x_name}_rmax", **reducer)
+        low = emit(OP.MINIMUM, [low, const(0.0)], f"{x_name}_min0")
+        high = emit(OP.MAXIMUM, [high, const(0.0)], f"{x_name}_max0")
+        sub = {"options": fb.SubOptionsT(), "options_type": OPT.SubOptions}
+        div = {"options": make_options(fb.DivOptionsT), "options_type": OPT.DivOptions}
+        mul = {"options": make_options(fb.MulOptionsT), "options_type": OPT.MulOptions}
+        width = emit(OP.SUB, [high, low], f"{x_name}_width", **sub)
+        nonzero = emit(OP.GREATER, [width, const(0.0)], f"{x_name}_nonzero", dtype="bool")
+        safe = emit(OP.SELECT_V2, [nonzero, width, const(127.0)], f"{x_name}_width_safe")
+        scale = emit(OP.DIV, [safe, const(127.0)], f"{x_name}_dynscale", **div)
+        multiplier = emit(OP.DIV, [const(1.0), scale], f"{x_name}_multiplier", **div)
+        shift = emit(OP.DIV, [emit(OP.NEG, [low], f"{x_name}_neg_min"), scale], f"{x_name}_zp_raw", **div)
+        shift = emit(OP.MAXIMUM, [shift, const(0.0)], f"{x_name}_zp_low")
+        shift = emit(OP.MINIMUM, [shift, const(127.0)], f"{x_name}_zp_clip")
+        zp = emit(OP.ROUND, [shift], f"{x_name}_zp")
+        scaled = emit(OP.MUL, [x2, multiplier], f"{x_name}_scaled.2d", (rows, k), **mul)
+        rounded = emit(OP.ROUND, [scaled], f"{x_name}_rounded.2d", (rows, k))
+        shifted = emit(
+            OP.ADD,
+            [rounded, zp],
+            f"{x_name}_shifted.2d",
+            (rows, k),
+            options=make_options(fb.AddOptionsT),
+            options_type=OPT.AddOptions,
+        )
+        q = emit(OP.MAXIMUM, [shifted, const(0.0)], f"{x_name}_q_low.2d", (rows, k))
+        q = emit(OP.MINIMUM, [q, const(127.0)], f"{x_name}_q.2d", (rows, k))
+        steps = emit(OP.SUB, [q, zp], f"{x_name}_steps.2d", (rows, k), **sub)
+    if not ctx.b.has(f"{w_name}_quantized"):
+        ctx.b.constant(
+            f"{w_name}_quantized", weight, Quant(w_spec.scale, w_spec.zero_point.astype(np.int64), 0)
+        )
+    w_int = ctx.b.integer_view(f"{w_name}_integers", ctx.b.index[f"{w_name}_quantized"], weight.shape)
+    w = emit(OP.DEQUANTIZE, [w_int], f"{w_name}_integers_float", weight.shape, version=5)
+    fc = {"options": make_options(fb.FullyConnectedOptionsT), "options_type": OPT.FullyConnectedOptions}
+    acc = emit(OP.FULLY_CONNECTED, [steps, w], f"{out}.acc", (rows, n_out), **fc)
+    mul = {"options": make_options(fb.MulOptionsT), "options_type": OPT.MulOptions}
+    y = emit(OP.MUL, [acc, scale], f"{out}.row_rescaled.2d", (rows, n_out), **mul)
+    w_scale = np.broadcast_to(w_spec.scale, (n_out,)).astype(np.float32)
+    y = emit(OP.MUL, [y, ctx.b.constant(f"{out}.w_scale", w_scale)], f"{out}.2d", (rows, n_out), **mul)
+    if b_name:
+        y = emit(
+            OP.ADD,
+            [y, ctx.constant(b_name, _float_const(ctx, b_name))],
+            f"{out}.biased.2d",
+            (rows, n_out),
+            options=make_options(fb.AddOptionsT),
+            options_type=OPT.AddOptions,
+        )
     reshape_into(ctx, y, node)
 
 

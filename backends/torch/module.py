@@ -24,7 +24,7 @@ import torch
 
 from qexport.backends.torch.gemm import GEMMS
 from qexport.backends.torch.ops import TORCH_OPS, cast, exact_gelu
-from qexport.ir.graph import Graph, Node, QuantSpec
+from qexport.ir.graph import Graph, Node, QDType, QuantSpec
 from qexport.ir.linear import LinearForm, classify
 from qexport.ir.ops import Op
 from qexport.ir.symbols import bind
@@ -193,7 +193,7 @@ class IRModule(torch.nn.Module):
     def fake_quant(self, name: str, x: torch.Tensor) -> torch.Tensor:
         spec = self.graph.quant[name]
         if spec.dynamic and not spec.symmetric:
-            q, zero, scale = _asymmetric_rows(x, spec.axis)
+            q, zero, scale = _asymmetric_rows(x, spec.axis, spec.dtype)
             return (q - zero) * scale  # small integers: exact in float32
         if spec.dynamic:
             scale = self._dynamic_scale(x, spec)
@@ -240,8 +240,8 @@ class IRModule(torch.nn.Module):
         Q, K and V share theirs."""
         spec = self.graph.quant[x_name]
         rows = x.reshape(-1, x.shape[-1])
-        if spec.dynamic:  # STEPS: asymmetric rows by XNNPACK's rule (qexport.ir.linear)
-            q, zero, scale = _asymmetric_rows(rows, -1)
+        if spec.dynamic:  # STEPS: asymmetric rows (or the whole tensor) by the spec's rule
+            q, zero, scale = _asymmetric_rows(rows, None if spec.axis is None else -1, spec.dtype)
             return self.integers(q), (scale, zero)
         shift = self._shift(spec)
         # round(x / s) + zp, clamped, minus the shift: the IR's integers
@@ -328,9 +328,12 @@ class IRModule(torch.nn.Module):
         return {name: env[value] for name, value in graph.outputs.items()}
 
 
-def _asymmetric_rows(x: torch.Tensor, axis: int | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """XNNPACK's asymmetric int8 rule (``qexport.ir.arith.dynamic_params``): integer-valued
-    float values in [-128, 127], int32 zero points and float32 scales, per ``axis`` (kept as a size-1 dim) or per tensor."""
+def _asymmetric_rows(
+    x: torch.Tensor, axis: int | None, dtype: QDType = QDType.INT8
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The asymmetric run-time rule of ``dtype`` (``qexport.ir.arith.dynamic_params``: XNNPACK's
+    for int8, PyTorch's for uint7): integer-valued float values, int32 zero points and float32
+    scales, per ``axis`` (kept as a size-1 dim) or per tensor."""
     # every op here is one kernel call in the exported program; the width trick (an all-equal
     # row divides 255 by 255: the rule's multiplier 1) saves two. amin + amax, not aminmax:
     # aminmax over the last dim measured 78 us per call against 11 us for amax
@@ -340,6 +343,12 @@ def _asymmetric_rows(x: torch.Tensor, axis: int | None) -> tuple[torch.Tensor, t
         low = torch.clamp(x.amin(dim=axis, keepdim=True), max=0.0)
         high = torch.clamp(x.amax(dim=axis, keepdim=True), min=0.0)
     width = high - low
+    if dtype is QDType.UINT7:
+        scale = torch.where(width > 0, width, 127.0) / torch.full_like(width, 127.0)
+        multiplier = torch.full_like(width, 1.0) / scale
+        zero = torch.round(torch.clamp(-low / scale, 0.0, 127.0))
+        q = torch.clamp(torch.round(x * multiplier) + zero, 0.0, 127.0)
+        return q, cast(zero, torch.int32), scale
     # a true division (255 / width, as the rule says): ``255.0 / tensor`` is reciprocal() * 255
     # in torch, two roundings, and gave scales one ulp off the IR's (tests/test_dynamic_rule.py)
     multiplier = torch.full_like(width, 255.0) / torch.where(width > 0, width, 255.0)

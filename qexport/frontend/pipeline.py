@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from qexport.frontend.export import Exported, export_module
+from qexport.frontend.quantized import apply_dynamic
 from qexport.frontend.source import LoadedSource, load_source
 from qexport.frontend.translate import translate
 from qexport.ir.fold_score_scale import fold_score_scale
@@ -19,6 +20,9 @@ class Captured:
     graph: Graph
     source: LoadedSource
     exported: Exported
+    # A source PyTorch already quantized (quantize_dynamic): the IR with its own integers, which
+    # every target is lowered from instead of a recipe (frontend/quantized.py).
+    quantized: Graph | None = None
 
     @property
     def reference_module(self) -> Any:
@@ -35,7 +39,8 @@ def capture_source(
     exported = export_module(source, seq_len)
     prefix = "model." if exported.module is not None else ""
     graph = translate(exported.program, exported.input_names, exported.output_names, prefix=prefix)
-    folded = fold_score_scale(graph)  # 1/sqrt(d) into the query weights: one op fewer per layer
+    # 1/sqrt(d) into the query weights: one op fewer per layer; not into int8 weights kept as stored
+    folded = 0 if source.quantized_linears else fold_score_scale(graph)
     graph.metadata.update(
         {
             "qexport_version": __version__,
@@ -47,4 +52,5 @@ def capture_source(
             "passes": {"fold_score_scale": folded},
         }
     )
-    return Captured(graph, source, exported)
+    quantized = apply_dynamic(graph, source.quantized_linears) if source.quantized_linears else None
+    return Captured(graph, source, exported, quantized)

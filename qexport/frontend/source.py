@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from qexport.errors import SourceError, UnsafeSourceError, first_line
+from qexport.frontend.quantized import is_dynamic_state, unpack_dynamic
 from qexport.frontend.rebuild import program_class, rebuild, traced_class
 
 log = logging.getLogger("qexport")
@@ -49,6 +50,9 @@ class LoadedSource:
     config: Any = None  # transformers PretrainedConfig when known
     tokenizer_dir: Path | None = None
     notes: list[str] = field(default_factory=list)
+    # torch.ao quantize_dynamic sources: the int8 weights by module path (frontend/quantized.py)
+    quantized_linears: dict[str, Any] | None = None
+    quantized_state: dict[str, Any] | None = None  # as stored, to rebuild the torch model for parity
 
 
 def resolve_builtin(src: str) -> Path | None:
@@ -352,6 +356,10 @@ def _load_weights_file(path: Path, config: str | Path | None, trust_pickle: bool
 
         if isinstance(state, torch.nn.Module):
             log.warning("loaded a pickled nn.Module from %s (--trust-pickle)", path)
+            weights = state.state_dict()
+            config_of = getattr(state, "config", None)
+            if is_dynamic_state(weights) and config_of is not None:
+                return _dynamic_source(path, "pickle", model_from_config(config_of, path), weights, config_of)
             refuse_quantized_module(state, path)
             module = state.eval()
             if hasattr(module, "set_attn_implementation"):
@@ -370,6 +378,8 @@ def _load_weights_file(path: Path, config: str | Path | None, trust_pickle: bool
         raise SourceError(f"{path}: a state_dict carries no architecture; pass --config path/to/config.json")
     cfg = read_config(Path(config))
     model = model_from_config(cfg, Path(config))
+    if is_dynamic_state(state):
+        return _dynamic_source(path, "state-dict", model, state, cfg)
     unused = load_state_dict_into(model, state, path)
     return LoadedSource(
         path,
@@ -378,6 +388,27 @@ def _load_weights_file(path: Path, config: str | Path | None, trust_pickle: bool
         module=model.eval(),
         config=cfg,
         notes=_unused_keys_note(unused, path),
+    )
+
+
+def _dynamic_source(path: Path, kind: str, model: Any, state: dict[str, Any], config: Any) -> LoadedSource:
+    """A quantize_dynamic model as its float twin (the int8 weights dequantized) plus its integers."""
+    floats, linears = unpack_dynamic(state, path)
+    unused = load_state_dict_into(model, floats, path)
+    notes = [
+        *_unused_keys_note(unused, path),
+        f"torch.ao quantize_dynamic source: {len(linears)} Linears keep their int8 weights and "
+        "PyTorch's run-time input rule (recipe torch-dynamic)",
+    ]
+    return LoadedSource(
+        path,
+        kind,
+        file_sha256(path),
+        module=model.eval(),
+        config=config,
+        notes=notes,
+        quantized_linears=linears,
+        quantized_state=state,
     )
 
 
@@ -457,9 +488,9 @@ def refuse_quantized_state(state: dict[str, Any], where: Path | str) -> None:
     packed = sorted(k for k in state if _PACKED in k)
     if packed:
         raise SourceError(
-            f"{where}: a torch.ao quantized state_dict (quantize_dynamic or convert; packed int8 "
-            f"weights such as {packed[0]!r}); qexport does not read its integers yet and will not "
-            "re-quantize them silently: pass the float model's state_dict"
+            f"{where}: a torch.ao quantized state_dict (packed int8 weights such as {packed[0]!r}); "
+            "qexport reads quantize_dynamic (qint8) state_dicts as a file with --config, and does "
+            "not re-quantize them silently"
         )
     fake = sorted(k for k in state if any(part in f"{k}." for part in _FAKE_QUANT))
     if fake:

@@ -46,20 +46,33 @@ def dynamic_fake_quant(x: np.ndarray, dtype: QDType, axis: int | None) -> np.nda
     return (q * scale).astype(np.float32)
 
 
-def dynamic_params(x: np.ndarray, axis: int | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Asymmetric int8 run-time params: ``(multiplier, zero_point, scale)`` over the tensor or
-    over ``axis`` (kept as a size-1 dim), by XNNPACK's rule for its dynamically quantized
-    kernels, all in float32 as it computes them:
+def dynamic_params(
+    x: np.ndarray, axis: int | None, dtype: QDType = QDType.INT8
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Asymmetric run-time params: ``(multiplier, zero_point, scale)`` over the tensor or over
+    ``axis`` (kept as a size-1 dim), all in float32. Values quantize as
+    ``q = clamp(rint(x * m) + zp, qmin, qmax)`` (a multiply, not a divide) and dequantize as
+    ``(q - zp) * scale``. The range is widened to include 0 either way.
 
-    the range is widened to include 0; ``m = 255 / (max - min)`` (1 when max == min); the zero
-    point is ``-128 - min*m`` or ``127 - max*m``, whichever side has the smaller error, clamped
-    to [-128, 127] and rounded half-to-even; the dequantization scale is ``1 / m``. Values
-    quantize as ``q = clamp(rint(x * m) + zp, -128, 127)``; note the multiply (not a divide).
+    int8, XNNPACK's rule for its dynamically quantized kernels: ``m = 255 / (max - min)`` (1
+    when max == min); the zero point is ``-128 - min*m`` or ``127 - max*m``, whichever side has
+    the smaller error, clamped to [-128, 127] and rounded half-to-even; ``scale = 1 / m``.
+
+    uint7, PyTorch's (fbgemm's ``ChooseQuantizationParams`` with reduce_range, what
+    ``quantize_dynamic``'s Linear computes on x86): ``scale = (max - min) / 127`` (1 when
+    max == min: every value is then 0), ``m = 1 / scale``, zero point ``rint(-min / scale)``
+    clamped to [0, 127]. fbgemm takes the scale in float64 before rounding it to float32; here
+    every step is float32, which can move the scale by an ulp (a rounding flip now and then).
     """
     keep = axis is not None
     lo = np.minimum(np.min(x, axis=axis, keepdims=keep), 0).astype(np.float32)
     hi = np.maximum(np.max(x, axis=axis, keepdims=keep), 0).astype(np.float32)
     width = (hi - lo).astype(np.float32)
+    if dtype is QDType.UINT7:
+        scale = np.where(width > 0, width / np.float32(127.0), np.float32(1.0)).astype(np.float32)
+        multiplier = (np.float32(1.0) / scale).astype(np.float32)
+        zp = np.rint(np.clip((-lo / scale).astype(np.float32), 0, 127)).astype(np.int32)
+        return multiplier, zp, scale
     multiplier = np.where(width > 0, np.float32(255.0) / np.where(width > 0, width, 1), 1).astype(np.float32)
     lo_scaled, hi_scaled = (lo * multiplier).astype(np.float32), (hi * multiplier).astype(np.float32)
     from_min = (np.float32(-128.0) + lo_scaled).astype(np.float32)
@@ -70,10 +83,14 @@ def dynamic_params(x: np.ndarray, axis: int | None) -> tuple[np.ndarray, np.ndar
     return multiplier, zp, scale
 
 
-def dynamic_quantize(x: np.ndarray, axis: int | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Asymmetric int8 run-time quantization: ``(q, zero_point, scale)`` (see ``dynamic_params``)."""
-    multiplier, zp, scale = dynamic_params(x, axis)
-    q = np.clip(np.rint((x * multiplier).astype(np.float32)) + zp, -128, 127).astype(np.int8)
+def dynamic_quantize(
+    x: np.ndarray, axis: int | None, dtype: QDType = QDType.INT8
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Asymmetric run-time quantization: ``(q, zero_point, scale)`` (see ``dynamic_params``)."""
+    multiplier, zp, scale = dynamic_params(x, axis, dtype)
+    q = np.clip(np.rint((x * multiplier).astype(np.float32)) + zp, dtype.qmin, dtype.qmax).astype(
+        dtype.storage
+    )
     return q, zp, scale
 
 
@@ -82,6 +99,6 @@ def fake_quant(x: np.ndarray, spec: QuantSpec) -> np.ndarray:
     if spec.dynamic and spec.symmetric:
         return dynamic_fake_quant(x, spec.dtype, spec.axis)
     if spec.dynamic:
-        q, zp, scale = dynamic_quantize(x.astype(np.float32), spec.axis)
+        q, zp, scale = dynamic_quantize(x.astype(np.float32), spec.axis, spec.dtype)
         return ((q.astype(np.int32) - zp).astype(np.float32) * scale).astype(np.float32)
     return dequantize(quantize(x, spec), spec)

@@ -27,22 +27,27 @@ class QDType(StrEnum):
 
     INT8 = "int8"
     UINT8 = "uint8"
+    UINT7 = "uint7"  # uint8 storage, [0, 127]: PyTorch's reduce_range activations (quantize_dynamic on x86)
     INT16 = "int16"
     INT4 = "int4"
     INT32 = "int32"  # biases only: scale = s_input * s_weight, zero point 0
 
     @property
     def qmin(self) -> int:
-        return {"int8": -128, "uint8": 0, "int16": -32768, "int4": -8, "int32": -(2**31)}[self.value]
+        return {"int8": -128, "uint8": 0, "uint7": 0, "int16": -32768, "int4": -8, "int32": -(2**31)}[
+            self.value
+        ]
 
     @property
     def qmax(self) -> int:
-        return {"int8": 127, "uint8": 255, "int16": 32767, "int4": 7, "int32": 2**31 - 1}[self.value]
+        return {"int8": 127, "uint8": 255, "uint7": 127, "int16": 32767, "int4": 7, "int32": 2**31 - 1}[
+            self.value
+        ]
 
     @property
     def storage(self) -> str:
-        """numpy dtype holding the integers (int4 is stored one value per int8)."""
-        return "int8" if self is QDType.INT4 else self.value
+        """numpy dtype holding the integers (int4 is stored one value per int8, uint7 per uint8)."""
+        return {"int4": "int8", "uint7": "uint8"}.get(self.value, self.value)
 
 
 @dataclass(frozen=True, eq=False)
@@ -54,9 +59,10 @@ class QuantSpec:
     per-tensor, 1-d along ``axis`` for per-channel. ``dynamic`` specs carry placeholder params
     (0-d): the params are taken at run time over the whole tensor (``axis`` None) or over
     ``axis`` only — ``axis=-1`` is per token for [..., tokens, hidden]. ``symmetric`` dynamic
-    specs use scale = max|x| / qmax and zero point 0; asymmetric ones (int8 only) use the rule
-    of XNNPACK's dynamically quantized kernels (LiteRT's hybrid FULLY_CONNECTED), so that file
-    computes what the IR says — see ``qexport.ir.arith.dynamic_params`` and docs/ir.md.
+    specs use scale = max|x| / qmax and zero point 0; asymmetric int8 ones use the rule of
+    XNNPACK's dynamically quantized kernels (LiteRT's hybrid FULLY_CONNECTED), so that file
+    computes what the IR says; asymmetric uint7 ones PyTorch's (``quantize_dynamic`` on x86,
+    fbgemm with reduce_range) — see ``qexport.ir.arith.dynamic_params`` and docs/ir.md.
     """
 
     dtype: QDType
@@ -75,10 +81,12 @@ class QuantSpec:
             raise IRError("QuantSpec: per-channel params need an axis, per-tensor none")
         if not self.dynamic and not np.all(np.isfinite(self.scale) & (self.scale > 0)):
             raise IRError("QuantSpec scales must be finite and > 0")
-        if not self.symmetric and not (self.dynamic and self.dtype is QDType.INT8):
+        if not self.symmetric and not (self.dynamic and self.dtype in (QDType.INT8, QDType.UINT7)):
             raise IRError(
-                "QuantSpec: only dynamic int8 specs may be asymmetric (static ones carry zero points)"
+                "QuantSpec: only dynamic int8 and uint7 specs may be asymmetric (static ones carry zero points)"
             )
+        if self.dynamic and self.dtype is QDType.UINT7 and self.symmetric:
+            raise IRError("QuantSpec: dynamic uint7 specs are asymmetric (PyTorch's rule)")
 
 
 @dataclass(frozen=True)

@@ -118,6 +118,16 @@ def _batched(
     return {k: np.concatenate(v) for k, v in parts.items()}
 
 
+def quantized_reference(captured: Any) -> Any:
+    """The torch module of a source PyTorch quantized itself (None for float sources)."""
+    source = captured.source
+    if not source.quantized_linears or source.module is None:
+        return None
+    from qexport.frontend.quantized import torch_quantized_module
+
+    return torch_quantized_module(source.module, source.quantized_linears, source.quantized_state)
+
+
 def check_outdir(
     out: Path,
     *,
@@ -166,31 +176,48 @@ def check_outdir(
     mask = inputs.get("attention_mask")
     reference_module = captured.reference_module or captured.exported.program.module()
 
-    def torch_fp32(batch: dict) -> dict:
-        with torch.no_grad():
-            result = reference_module(**{k: torch.from_numpy(v) for k, v in batch.items()})
-        return dict(zip(graph.outputs, (r.numpy() for r in result), strict=True))
+    def torch_outputs(module: Any) -> Callable[[dict], dict]:
+        def call(batch: dict) -> dict:
+            with torch.no_grad():
+                result = module(**{k: torch.from_numpy(v) for k, v in batch.items()})
+            if isinstance(result, dict):  # a transformers ModelOutput
+                result = list(result.values())
+            return dict(zip(graph.outputs, (r.numpy() for r in result), strict=True))
 
+        return call
+
+    # A run-time range over the whole tensor depends on what else is in the batch: then every
+    # runner sees one sample at a time, as a deployed model does (and the TFLite file must).
+    size = 1 if any(s.dynamic and s.axis is None for g in graphs.values() for s in g.quant.values()) else 8
     with step(
         f"running torch fp32, the IR float and simulated ({len(mask) if mask is not None else '?'} samples)"
     ):
         results = {
-            "torch_fp32": _batched(torch_fp32, inputs),
-            "ir_float": _batched(lambda b: run(captured.graph, b, simulate=False), inputs),
+            "torch_fp32": _batched(torch_outputs(reference_module), inputs, size),
+            "ir_float": _batched(lambda b: run(captured.graph, b, simulate=False), inputs, size),
         }
+        # the model PyTorch quantized, as PyTorch runs it: what its user compares against
+        source_quantized = quantized_reference(captured)
+        if source_quantized is not None:
+            results["torch_quantized"] = _batched(torch_outputs(source_quantized), inputs, size)
         for file, g in graphs.items():
-            results[sim_name[file]] = _batched(lambda b, g=g: run(g, b), inputs)
+            results[sim_name[file]] = _batched(lambda b, g=g: run(g, b), inputs, size)
     for artifact in manifest["artifacts"]:
         backend = backends.get(artifact["backend"])
         with step(f"running {artifact['file']} with {backend.name}"):
             results[artifact["backend"]] = _batched(
-                lambda b, be=backend, a=artifact: be.run(out / a["file"], b), inputs
+                lambda b, be=backend, a=artifact: be.run(out / a["file"], b), inputs, size
             )
 
+    gate = "torch_quantized" if "torch_quantized" in results else "torch_fp32"
     pairs = [("torch_fp32", "ir_float")] + [("torch_fp32", sim_name[f]) for f in ir_files]
+    if gate == "torch_quantized":
+        pairs += [("torch_fp32", "torch_quantized")] + [(gate, sim_name[f]) for f in ir_files]
     names = [a["backend"] for a in manifest["artifacts"]]
     pairs += [(sim_name[a.get("ir", ir_files[0])], a["backend"]) for a in manifest["artifacts"]]
-    pairs += [("torch_fp32", n) for n in names]
+    pairs += [(gate, n) for n in names]
+    if gate != "torch_fp32":
+        pairs += [("torch_fp32", n) for n in names]
     pairs += [(a, b) for i, a in enumerate(names) for b in names[i + 1 :]]
     comparisons = []
     for ref_name, cand_name in pairs:
@@ -202,7 +229,7 @@ def check_outdir(
 
     cases = []
     for row in comparisons:
-        if row["reference"] != "torch_fp32" or row["candidate"] not in names:
+        if row["reference"] != gate or row["candidate"] not in names:
             continue
         failures = []
         if row["cos_mean"] < thresholds.min_cos:

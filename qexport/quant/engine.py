@@ -83,7 +83,7 @@ def quantize_graph(
         return quantize_full_integer(out, precisions, calib, progress, auto_int8_db=recipe.auto_int8_db)
     groups = linear_groups(out, recipe)
     stats = {}
-    if recipe.quantizes_activations:
+    if recipe.needs_calibration:
         if calib is None:
             raise QExportError(f"recipe {recipe.name!r} quantizes activations and needs calibration data")
         stats = observe_channels(out, calib, [g.input for g in groups], on_batch=progress)
@@ -95,8 +95,8 @@ def quantize_graph(
         weights = [out.constants[n.inputs[1]] for n in group.linears]
         scale = np.ones(weights[0].shape[1], np.float32)
         if recipe.quantizes_activations:
-            st = stats[group.input]
             if recipe.smooth_alpha is not None:
+                st = stats[group.input]
                 scale = smoothing_scales(st.lo, st.hi, weights, recipe.smooth_alpha)
             # x / s feeds the Linears; W·s keeps the product exact in real arithmetic.
             mul_name = group.name
@@ -136,14 +136,7 @@ def quantize_graph(
             _linear_output_specs(out, recipe, calib)
     elif recipe.scheme == "dynamic":
         for name in act_values:
-            out.quant[name] = QuantSpec(
-                QDType.INT8,
-                np.array(1.0, np.float32),
-                np.array(0, np.int32),
-                axis=-1,
-                dynamic=True,
-                symmetric=recipe.dynamic_symmetric,
-            )
+            out.quant[name] = dynamic_activation_spec(recipe)
     if recipe.quantize_embeddings:
         for node in out.nodes:
             if node.op is Op.GATHER and node.inputs[0] in out.constants and node.inputs[0] not in out.quant:
@@ -154,6 +147,20 @@ def quantize_graph(
                     out.quant[node.inputs[0]] = spec
     out.validate()
     return out
+
+
+def dynamic_activation_spec(recipe: Recipe) -> QuantSpec:
+    """The run-time spec of a dynamic recipe: int8 per token (XNNPACK's asymmetric rule, or
+    symmetric), or uint7 per tensor (PyTorch's rule)."""
+    torch_rule = recipe.activation_dtype == "uint7"
+    return QuantSpec(
+        QDType(recipe.activation_dtype),
+        np.array(1.0, np.float32),
+        np.array(0, np.int32),
+        axis=None if torch_rule else -1,
+        dynamic=True,
+        symmetric=recipe.dynamic_symmetric and not torch_rule,
+    )
 
 
 def _record_calibration(out: Graph, calib: CalibrationSet) -> None:

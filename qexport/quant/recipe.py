@@ -17,7 +17,7 @@ from qexport.errors import QExportError
 
 SCHEMES = ("none", "static", "dynamic", "weight-only", "integer")
 WEIGHT_DTYPES = ("int8",)  # int4 (block-wise) is not implemented yet
-ACTIVATION_DTYPES = ("uint8", "int8", "int16")
+ACTIVATION_DTYPES = ("uint8", "int8", "int16", "uint7")
 OBSERVERS = ("minmax", "percentile", "mse")
 RULE_ACTIONS = ("float", "int16")
 LINEAR_OUTPUTS = ("float", "int8")
@@ -68,7 +68,9 @@ class Recipe:
       get a second scale when that halves the quantization noise.
     - ``dynamic_symmetric``: dynamic activations with scale max|x|/127 and zero point 0 (True),
       or asymmetric per token by XNNPACK's rule (False, the default: finer, and exactly what
-      LiteRT's hybrid FULLY_CONNECTED computes, so the .tflite matches the IR).
+      LiteRT's hybrid FULLY_CONNECTED computes, so the .tflite matches the IR). Dynamic
+      ``uint7`` activations are PyTorch's instead (``quantize_dynamic`` on x86: one range per
+      tensor, values in [0, 127]; ``torch-dynamic``).
     - ``int8_roles`` (integer scheme, int16 activations): roles of ops that run in int8
       instead (``qexport.quant.full_integer.ROLES``: attention, linear, gelu, residual,
       layer_norm, other); ``auto_int8_db``: also move each further role to int8 while the
@@ -105,8 +107,10 @@ class Recipe:
             raise RecipeError("int4 weights need weight_block_size (e.g. 32)")
         if self.weight_block_size is not None and (self.weight_block_size < 2 or self.weight_block_size % 2):
             raise RecipeError("weight_block_size must be an even number >= 2")
-        if self.scheme == "dynamic" and self.activation_dtype != "int8":
-            raise RecipeError("dynamic activations are int8 (per token)")
+        if self.scheme == "dynamic" and self.activation_dtype not in ("int8", "uint7"):
+            raise RecipeError("dynamic activations are int8 (per token) or uint7 (PyTorch's, per tensor)")
+        if self.activation_dtype == "uint7" and self.scheme != "dynamic":
+            raise RecipeError("uint7 activations are PyTorch's dynamic ones: scheme = 'dynamic'")
         if self.scheme == "integer" and self.activation_dtype not in ("int8", "int16"):
             raise RecipeError("scheme = 'integer' takes activation_dtype 'int8' or 'int16' (what NPUs run)")
         if self.scheme == "integer" and self.smooth_alpha is not None:
@@ -145,6 +149,12 @@ class Recipe:
     def quantizes_activations(self) -> bool:
         return self.scheme in ("static", "dynamic", "integer")
 
+    @property
+    def needs_calibration(self) -> bool:
+        """Static ranges or smoothing scales come from data; a dynamic recipe without
+        smoothing takes every range at run time."""
+        return self.quantizes_activations and not (self.scheme == "dynamic" and self.smooth_alpha is None)
+
     def keeps_float(self, node_name: str) -> bool:
         return any(r.action == "float" and re.search(r.match, node_name) for r in self.rules)
 
@@ -165,6 +175,13 @@ BUILTIN: dict[str, Recipe] = {
         Recipe(name="int8-mixed", scheme="static", smooth_alpha=0.8, sensitive_int16=3),
         Recipe(name="int16x8", scheme="static", activation_dtype="int16", smooth_alpha=0.5),
         Recipe(name="dynamic", scheme="dynamic", activation_dtype="int8", smooth_alpha=0.5),
+        Recipe(
+            name="torch-dynamic",
+            scheme="dynamic",
+            activation_dtype="uint7",
+            smooth_alpha=None,
+            quantize_embeddings=False,
+        ),
         Recipe(name="npu-int8", scheme="integer", activation_dtype="int8", smooth_alpha=None),
         Recipe(name="npu-int16", scheme="integer", activation_dtype="int16", smooth_alpha=None),
         Recipe(

@@ -78,7 +78,7 @@ def run(
         result = np.asarray(result)
         spec = graph.quant.get(out)
         if simulate and spec is not None and spec.dynamic and not spec.symmetric:
-            q, zero, scale = dynamic_quantize(result.astype(np.float32), spec.axis)
+            q, zero, scale = dynamic_quantize(result.astype(np.float32), spec.axis, spec.dtype)
             integers = q.astype(np.int32) - zero
             steps[out] = (integers, scale)
             result = (integers.astype(np.float32) * scale).astype(np.float32)
