@@ -474,7 +474,8 @@ def load_state_dict_into(model: Any, state: dict[str, Any], where: Path) -> list
         raise SourceError(
             f"{where}: weights do not fit the architecture ({str(exc).splitlines()[0]})"
         ) from None
-    return sorted(set(state) - expected)
+    buffers = {name for name, _ in model.named_buffers()}  # non-persistent ones (position_ids) too
+    return sorted(set(state) - expected - buffers)
 
 
 # What PyTorch's quantization workflows leave in a state_dict, by the key's last parts.
