@@ -20,6 +20,7 @@ BUILTIN: dict[str, str] = {
     "onnx": "qexport.backends.onnx:OnnxBackend",
     "torch": "qexport.backends.torch:TorchBackend",
     "tflite": "qexport.backends.tflite:TfliteBackend",
+    "executorch": "qexport.backends.executorch:ExecutorchBackend",
 }
 """name -> "module:attribute" of the built-in backends (filled as backends land)."""
 
@@ -76,9 +77,19 @@ def _specs() -> dict[str, str]:
     return specs
 
 
+ON_REQUEST = frozenset({"executorch"})
+"""Backends written only when ``--to`` names them: an ExecuTorch program is for phones and its
+lowering takes ~30 s on MiniLM, so a plain ``qexport SRC`` does not pay for it."""
+
+
 def available() -> list[str]:
     """Names of the backends this installation knows."""
     return sorted(_specs())
+
+
+def default_targets() -> list[str]:
+    """What ``qexport SRC`` writes without ``--to``: every backend but those ``ON_REQUEST``."""
+    return [name for name in available() if name not in ON_REQUEST]
 
 
 def get(name: str, **options: Any) -> Backend:

@@ -94,8 +94,8 @@ def convert_cmd(
         str | None,
         typer.Option(
             "--to",
-            help="Comma-separated backends (tflite, onnx, torch); default: every available one; "
-            "none: model.qir only.",
+            help="Comma-separated backends (tflite, onnx, torch, executorch); default: tflite, onnx "
+            "and torch (executorch, a .pte for phones, only when named); none: model.qir only.",
         ),
     ] = None,
     out: Annotated[
@@ -345,6 +345,10 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.WARNING, format="qexport: %(levelname)s: %(message)s")
     if not debug:  # third-party warnings (torch, transformers) are noise to a CLI user
         warnings.filterwarnings("ignore")
+        # torchao (ExecuTorch's, imported by transformers when present) logs the CUDA kernels it
+        # cannot load; torch a pytree deprecation on import
+        for name in ("torchao", "torch.utils._pytree"):
+            logging.getLogger(name).setLevel(logging.ERROR)
     try:
         code = app(args=args, prog_name="qexport", standalone_mode=False)
         if isinstance(code, int) and code:  # typer.Exit(n) is returned, not raised, in this mode

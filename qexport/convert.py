@@ -65,7 +65,7 @@ def sha256_file(path: Path) -> str:
 def parse_targets(text: str | None) -> list[str]:
     """``"tflite,onnx"`` -> ["tflite", "onnx"], checked against the registry."""
     if text is None:
-        return backends.available()
+        return backends.default_targets()
     if text.strip().lower() in ("", "none"):
         return []  # model.qir and the manifest only
     names = [t.strip() for t in text.split(",") if t.strip()]

@@ -22,6 +22,7 @@ TABLES = {
     "onnx": "qexport.backends.onnx.lowering:LOWERINGS",
     "tflite": "qexport.backends.tflite.lowering:LOWERINGS",
     "torch": "qexport.backends.torch.ops:TORCH_OPS",
+    "executorch": "qexport.backends.torch.ops:TORCH_OPS",  # it lowers through the torch module
 }
 # Parity of each backend's int8 file with the IR's simulation (pooled, 200 held-out sentences).
 # The Linears are exact everywhere; what is left is each runtime's float LayerNorm/GELU/softmax,
@@ -105,7 +106,7 @@ def test_size_is_about_a_quarter_of_fp32(name, minilm_int8_file, minilm_dir):
     assert path.stat().st_size <= 0.27 * (minilm_dir / "model.safetensors").stat().st_size
 
 
-@pytest.mark.parametrize("name", BACKENDS)
+@pytest.mark.parametrize("name", (*BACKENDS, "executorch"))
 def test_op_without_lowering_fails_before_writing(name, tiny_model_dirs, tmp_path, monkeypatch):
     graph = qexport.capture(tiny_model_dirs["bert"], seq_len=16)
     monkeypatch.delitem(_table(name), Op.GELU)

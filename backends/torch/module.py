@@ -39,12 +39,13 @@ def _spec_tensors(spec: QuantSpec) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 class IRModule(torch.nn.Module):
-    def __init__(self, graph: Graph, gemm: str = "int8") -> None:
+    def __init__(self, graph: Graph, gemm: str = "int8", ops: dict[Op, Any] | None = None) -> None:
         super().__init__()
         if gemm not in GEMMS:
             raise ValueError(f"gemm must be one of {GEMMS}, got {gemm!r}")
         self.graph = graph
         self.gemm = gemm
+        self.ops = {**TORCH_OPS, **(ops or {})}  # a target's own forms of some ops (executorch)
         self.buffer_of: dict[str, str] = {}
         consumers = graph.consumers()
         integer = [n for n in graph.nodes if n.op is Op.LINEAR and self._integer_linear(n)]
@@ -318,7 +319,7 @@ class IRModule(torch.nn.Module):
                     None if not i else (self.constant(i) if i in graph.constants else env[i])
                     for i in node.inputs
                 ]
-                result = TORCH_OPS[node.op](args, node.attrs, dims)
+                result = self.ops[node.op](args, node.attrs, dims)
             out = node.outputs[0]
             if out in graph.quant:
                 raw[out] = result
