@@ -144,6 +144,40 @@ def test_backend_computes_the_irs_numbers(row, backend_name, tmp_path, request):
         assert db >= bound, f"{case.name} {form} on {backend_name}: {db:.1f} dB vs the IR (needs {bound})"
 
 
+EXECUTORCH_FORMS = ("float", "dynamic")
+"""The forms the .pte lowers: float ops, and the dynamic recipe's Linears (XNNPACK's qd8 Linear);
+static and integer forms are refused before writing (tests/test_executorch.py)."""
+
+
+@pytest.mark.parametrize(
+    "row",
+    [(c, f) for c in CASES for f in ("float", *c.extra_forms) if f in EXECUTORCH_FORMS],
+    ids=_id,
+)
+def test_executorch_computes_the_irs_numbers(row, tmp_path, request):
+    """Each row run by ExecuTorch's runtime (measured: float rows 95-160 dB, Linear dynamic 164)."""
+    case, form = row
+    if case.name == "Linear" and form == "float":
+        request.applymarker(
+            pytest.mark.xfail(
+                reason="the .pte runs the dynamic recipe's Linears", raises=QExportError, strict=True
+            )
+        )
+    graph = _graph(case.name, form)
+    backend = backends.get("executorch")
+    path = tmp_path / "case.pte"
+    backend.lower(graph, path)
+    for feed in _feeds():
+        want = reference_run(graph, feed)["y"]
+        got = np.asarray(backend.run(path, feed)["y"])
+        assert got.shape == want.shape
+        if want.dtype.kind in "biu":
+            np.testing.assert_array_equal(got.astype(want.dtype), want)
+            continue
+        db = compare(got.astype(np.float64), want.astype(np.float64))["sqnr_db"]
+        assert db >= MIN_DB.get(form, MIN_DB_RECIPE), f"{case.name} {form} on executorch: {db:.1f} dB"
+
+
 def _integer_tflite_gap(case: Case) -> str | None:
     from qexport.backends.tflite.integer import INTEGER_LOWERINGS
 
