@@ -52,7 +52,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     no_args_is_help=True,
     help="Convert a trained PyTorch model (BERT family) into quantized deployables "
-    "(TFLite, ONNX, PyTorch) from one IR, and check their parity with fp32.\n\n"
+    "(TFLite, ONNX, PyTorch, ExecuTorch) from one IR, and check their parity with fp32.\n\n"
     "Example: qexport builtin:all-MiniLM-L6-v2 -o out/minilm",
     rich_markup_mode=None,
 )
@@ -86,7 +86,8 @@ def _step(label: str) -> Iterator[None]:
     help="Convert SRC into one artifact per backend in OUT, each from the IR of its target's fast recipe "
     "(model.qir, model.<recipe>.qir), then check their parity with fp32. SRC is a Hugging Face model "
     "directory, builtin:all-MiniLM-L6-v2, a torch.export program, a TorchScript archive, a state_dict "
-    "with --config, or a pickled nn.Module with --trust-pickle; files are recognised by content.",
+    "with --config, or a pickled nn.Module with --trust-pickle; files are recognised by content. A model "
+    "PyTorch quantized with quantize_dynamic (its state_dict or pickle) keeps its own int8 weights.",
 )
 def convert_cmd(
     src: Annotated[str, typer.Argument(help="Model source (see above).", show_default=False, metavar="SRC")],

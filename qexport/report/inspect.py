@@ -31,9 +31,16 @@ def describe_recipe(recipe: Any) -> str:
     scheme = recipe.get("scheme")
     if scheme in (None, "none"):
         return f"{recipe.get('name', 'fp32')}: float, not quantized"
+    if recipe.get("source"):  # a model PyTorch quantized: its own weights, PyTorch's input rule
+        return (
+            f"{recipe.get('name')}: from a {recipe['source']} model, its own int8 weights; inputs "
+            "quantized at run time by PyTorch's rule (uint7, per tensor)"
+        )
     parts = [f"{recipe.get('weight_dtype', 'int8')} per-channel weights"]
     if scheme == "static":
         parts.append(f"static {recipe.get('activation_dtype')} activations ({recipe.get('observer')} ranges)")
+    elif scheme == "dynamic" and recipe.get("activation_dtype") == "uint7":
+        parts.append("activations quantized at run time by PyTorch's rule (uint7, per tensor)")
     elif scheme == "dynamic":
         parts.append("activations quantized at run time, per token")
     elif scheme == "integer":
