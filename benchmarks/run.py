@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks import gates, htp, npu, peers
+from benchmarks import executorch, gates, htp, npu, peers
 from benchmarks.measure import interleaved_latency, parity, peak_rss_mb, pooled, ratio
 from benchmarks.noise_floor import float_ulp_floor
 from qexport.backends.cpu import cpuinfo
@@ -371,6 +371,10 @@ def main() -> None:
     result["npu"] = {tool: npu.vela_report(path, work) for tool, path in tflite_files.items()}
     print("Qualcomm HTP simulator: ours and onnxruntime's QNN flow ...", flush=True)
     result["htp"] = htp.section(model_dir, calib, held_out, work)
+    print("ExecuTorch: ours, the fp32 .pte of the same IR and ExecuTorch's pt2e route ...", flush=True)
+    result["executorch"] = executorch.section(
+        model_dir, calib, {k: v[:32] for k, v in held_out.items()}, work
+    )
     result["gates"] = gates.evaluate(result)
     if not args.skip_scale:
         result["scaling"] = [_scale(name) for name in ("minilm", "bert-base", "bert-large")]
@@ -496,6 +500,8 @@ def to_markdown(result: dict[str, Any]) -> str:
         lines += _npu_markdown(result)
     if result.get("htp"):
         lines += ["", htp.to_markdown(result["htp"])]
+    if result.get("executorch"):
+        lines += ["", executorch.to_markdown(result["executorch"], result.get("cpu", "?"))]
     if result.get("gates"):
         lines += ["", f"The issues' gates in this run, on this CPU ({result.get('cpu', '?')}):", ""]
         lines += gates.to_markdown(result["gates"])
