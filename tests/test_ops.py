@@ -128,9 +128,16 @@ def test_backend_computes_the_irs_numbers(row, backend_name, tmp_path, request):
         request.applymarker(
             pytest.mark.xfail(reason=RUNTIME_BUGS[case.name, backend_name, form], strict=True)
         )
+    bound = LOWER_DB.get((case.name, backend_name, form), (MIN_DB.get(form, MIN_DB_RECIPE), ""))[0]
+    _lower_and_compare(case, form, backend_name, bound, tmp_path)
+
+
+def _lower_and_compare(case: Case, form: str, backend_name: str, bound: float, folder) -> None:
+    """Lower the row's graph, run it in the backend's runtime on every feed: integers equal,
+    floats at least ``bound`` dB from the reference."""
     graph = _graph(case.name, form)
     backend = backends.get(backend_name)
-    path = tmp_path / f"case{backend.suffix}"
+    path = folder / f"case{backend.suffix}"
     backend.lower(graph, path)
     for feed in _feeds():
         want = reference_run(graph, feed)["y"]
@@ -139,7 +146,6 @@ def test_backend_computes_the_irs_numbers(row, backend_name, tmp_path, request):
         if want.dtype.kind in "biu":
             np.testing.assert_array_equal(got.astype(want.dtype), want)
             continue
-        bound = LOWER_DB.get((case.name, backend_name, form), (MIN_DB.get(form, MIN_DB_RECIPE), ""))[0]
         db = compare(got.astype(np.float64), want.astype(np.float64))["sqnr_db"]
         assert db >= bound, f"{case.name} {form} on {backend_name}: {db:.1f} dB vs the IR (needs {bound})"
 
@@ -163,19 +169,7 @@ def test_executorch_computes_the_irs_numbers(row, tmp_path, request):
                 reason="the .pte runs the dynamic recipe's Linears", raises=QExportError, strict=True
             )
         )
-    graph = _graph(case.name, form)
-    backend = backends.get("executorch")
-    path = tmp_path / "case.pte"
-    backend.lower(graph, path)
-    for feed in _feeds():
-        want = reference_run(graph, feed)["y"]
-        got = np.asarray(backend.run(path, feed)["y"])
-        assert got.shape == want.shape
-        if want.dtype.kind in "biu":
-            np.testing.assert_array_equal(got.astype(want.dtype), want)
-            continue
-        db = compare(got.astype(np.float64), want.astype(np.float64))["sqnr_db"]
-        assert db >= MIN_DB.get(form, MIN_DB_RECIPE), f"{case.name} {form} on executorch: {db:.1f} dB"
+    _lower_and_compare(case, form, "executorch", MIN_DB.get(form, MIN_DB_RECIPE), tmp_path)
 
 
 def _integer_tflite_gap(case: Case) -> str | None:
