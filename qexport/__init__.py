@@ -44,24 +44,36 @@ def quantize(
     *,
     tokenizer: str | Path | None = None,
     seq_len: int | None = None,
+    learn: bool = False,
 ) -> Graph:
     """Apply a recipe (built-in name or .toml/.json file) to a float graph.
 
     ``calibration`` is a text file (one example per line, needs ``tokenizer``), an ``.npz`` of
     named arrays, or a dict of arrays with a leading sample axis; None uses built-in sentences.
+    ``learn=True`` (or ``learn = true`` in the recipe file) learns the params from the
+    calibration data against the float graph (docs/learning.md).
     """
+    from dataclasses import replace
+
     from qexport.quant.calibration import load_calibration
     from qexport.quant.engine import quantize_graph
     from qexport.quant.recipe import resolve
 
     spec = resolve(recipe)
+    if learn and not spec.learn:
+        spec = replace(spec, learn=True)
     calib = None
-    if spec.needs_calibration:
+    if spec.needs_calibration or spec.learn:
         length = seq_len or int(graph.metadata.get("capture", {}).get("seq_len", 128))
         calib = load_calibration(
             graph, calibration, seq_len=length, tokenizer_dir=Path(tokenizer) if tokenizer else None
         )
-    return quantize_graph(graph, spec, calib)
+    quantized = quantize_graph(graph, spec, calib)
+    if spec.learn:
+        from qexport.learn import learn as learn_params
+
+        quantized = learn_params(graph, quantized, spec, calib)
+    return quantized
 
 
 def run_reference(

@@ -75,10 +75,19 @@ def _root(
 
 @contextmanager
 def _step(label: str) -> Iterator[None]:
-    """A spinner on stderr while a long step runs, then a tick."""
-    with console.status(f"[bold]{label}…"):
-        yield
+    """A spinner on stderr while a long step runs, then a tick. The step may show its progress
+    with ``.update(text)`` on what the context yields."""
+    with console.status(f"[bold]{label}…") as status:
+        yield _Progress(status)
     console.print(f"[green]✓[/] {label}")
+
+
+class _Progress:
+    def __init__(self, status: Any) -> None:
+        self._status = status
+
+    def update(self, text: str) -> None:
+        self._status.update(f"[bold]{text}…")
 
 
 @app.command(
@@ -167,6 +176,15 @@ def convert_cmd(
             "(recipe npu-int16 unless --recipe; npu-mixed and npu-int8 are the other integer recipes).",
         ),
     ] = "cpu",
+    learn: Annotated[
+        bool,
+        typer.Option(
+            "--learn",
+            help="Learn the weight rounding from the calibration data (GPTQ: each int8 Linear weight "
+            "rounded so that its layer's outputs on that data stay closest to float). Same recipe, same "
+            "scales, same backends; +1.6 dB on MiniLM int8, ~15 s on 2 cores (docs/learning.md).",
+        ),
+    ] = False,
     check: Annotated[
         bool,
         typer.Option(
@@ -189,6 +207,7 @@ def convert_cmd(
         torch_gemm=torch_gemm,
         onnx_linears=onnx_linears,
         device=device,
+        learn=learn,
     )
     if trust_pickle:
         console.print("[yellow]warning:[/] --trust-pickle: unpickling runs code from the model file")

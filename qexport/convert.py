@@ -46,6 +46,7 @@ class ConvertOptions:
     torch_gemm: str = "auto"  # torch: int8 (torch._int_mm), float, or auto (this CPU decides)
     onnx_linears: str = "integer"  # onnx: integer (exact fused or not) or qdq (plain, faster fused)
     device: str = "cpu"  # "npu": full-integer files (recipe NPU_RECIPE unless --recipe is given)
+    learn: bool = False  # learn each recipe's params from the calibration data (docs/learning.md)
 
 
 DEVICES = ("cpu", "npu")
@@ -112,16 +113,19 @@ def convert(src: str | Path, out: Path, opts: ConvertOptions, step: Step | None 
     if opts.onnx_linears != "integer" and "onnx" not in opts.to:
         raise UsageError("--onnx-linears applies to the onnx backend; add onnx to --to")
     plan = recipe_plan(targets, opts.recipe or (NPU_RECIPE if opts.device == "npu" else None))
+    if opts.learn:
+        for name in plan:
+            learned_recipe(name)  # a recipe that cannot learn fails before any work
     with StagedOutput(out) as stage:
         with step("capturing the model with torch.export"):
             captured = capture_source(
                 src, seq_len=opts.seq_len, config=opts.config, trust_pickle=opts.trust_pickle
             )
         if captured.quantized is not None:  # PyTorch quantized it: its integers, every target
-            if opts.recipe is not None or opts.device != "cpu":
+            if opts.recipe is not None or opts.device != "cpu" or opts.learn:
                 raise UsageError(
                     f"{src}: the model is already quantized ({captured.quantized.metadata['recipe']['source']}); "
-                    "--recipe and --for do not apply, its own integers are kept"
+                    "--recipe, --for and --learn do not apply, its own integers are kept"
                 )
             plan = {captured.quantized.metadata["recipe"]["name"]: targets}
             graphs = {name: captured.quantized for name in plan}
@@ -216,7 +220,7 @@ def _quantize(captured: Any, recipes: list[str], opts: ConvertOptions, step: Ste
 
     graph = captured.graph
     calib = None
-    if any(resolve(r).needs_calibration for r in recipes):
+    if any(resolve(r).needs_calibration or (opts.learn or resolve(r).learn) for r in recipes):
         tokenizer = opts.tokenizer or captured.source.tokenizer_dir
         calib = load_calibration(
             graph,
@@ -228,14 +232,37 @@ def _quantize(captured: Any, recipes: list[str], opts: ConvertOptions, step: Ste
             graph.metadata.setdefault("notes", []).append(warning)
     graphs = {}
     for name in recipes:
-        recipe = resolve(name)
+        recipe = learned_recipe(name) if opts.learn else resolve(name)
         used = calib if recipe.needs_calibration else None
         with step(
             f"quantizing with recipe {recipe.name!r}"
             + (f" ({used.size} calibration samples)" if used else "")
         ):
             graphs[name] = quantize_graph(graph, recipe, used)
+        if recipe.learn:
+            from qexport.learn import learn
+
+            label = f"learning recipe {recipe.name!r} from {calib.size if calib else 0} calibration samples"
+            with step(label) as shown:
+
+                def progress(
+                    what: str, done: int, total: int, shown: Any = shown, label: str = label
+                ) -> None:
+                    if hasattr(shown, "update"):
+                        shown.update(f"{label}: {what} {done}/{total}")
+
+                graphs[name] = learn(graph, graphs[name], recipe, calib, progress)
     return graphs
+
+
+def learned_recipe(name: str) -> Any:
+    """Recipe ``name`` with ``learn = true`` (a RecipeError when its scheme cannot learn)."""
+    from dataclasses import replace
+
+    from qexport.quant.recipe import resolve
+
+    recipe = resolve(name)
+    return recipe if recipe.learn else replace(recipe, learn=True)
 
 
 def _file_facts(path: Path) -> dict[str, Any]:

@@ -275,9 +275,14 @@ def _static_activation_specs(
         for node in group.linears:
             bias = node.inputs[2] if len(node.inputs) > 2 else ""
             if bias and bias in out.constants and bias not in out.quant:
-                w_spec = out.quant[node.inputs[1]]
-                b_scale = (spec.scale * w_spec.scale).astype(np.float32)
-                q = np.rint(out.constants[bias].astype(np.float64) / b_scale)
-                q = np.clip(q, QDType.INT32.qmin, QDType.INT32.qmax).astype(np.int32)
-                out.constants[bias] = q
-                out.quant[bias] = QuantSpec(QDType.INT32, b_scale, np.zeros(b_scale.shape, np.int32), axis=0)
+                out.constants[bias], out.quant[bias] = integer_bias(
+                    out.constants[bias], spec, out.quant[node.inputs[1]]
+                )
+
+
+def integer_bias(bias: np.ndarray, x_spec: QuantSpec, w_spec: QuantSpec) -> tuple[np.ndarray, QuantSpec]:
+    """A float bias as int32 with scale ``s_x · s_w`` (per output channel), zero point 0."""
+    b_scale = (x_spec.scale * w_spec.scale).astype(np.float32)
+    q = np.rint(bias.astype(np.float64) / b_scale)
+    q = np.clip(q, QDType.INT32.qmin, QDType.INT32.qmax).astype(np.int32)
+    return q, QuantSpec(QDType.INT32, b_scale, np.zeros(b_scale.shape, np.int32), axis=0)
