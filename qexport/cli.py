@@ -96,7 +96,8 @@ class _Progress:
     "(model.qir, model.<recipe>.qir), then check their parity with fp32. SRC is a Hugging Face model "
     "directory, builtin:all-MiniLM-L6-v2, a torch.export program, a TorchScript archive, a state_dict "
     "with --config, or a pickled nn.Module with --trust-pickle; files are recognised by content. A model "
-    "PyTorch quantized with quantize_dynamic (its state_dict or pickle) keeps its own int8 weights.",
+    "PyTorch quantized with quantize_dynamic (its state_dict or pickle) or trained with eager QAT (its "
+    "state_dict) keeps its own int8 weights and scales.",
 )
 def convert_cmd(
     src: Annotated[str, typer.Argument(help="Model source (see above).", show_default=False, metavar="SRC")],
@@ -185,6 +186,15 @@ def convert_cmd(
             "scales, same backends; +1.6 dB on MiniLM int8, ~15 s on 2 cores (docs/learning.md).",
         ),
     ] = False,
+    strict_params: Annotated[
+        bool,
+        typer.Option(
+            "--strict-params",
+            help="A model PyTorch quantized (QAT) whose params a backend cannot keep exactly (7-bit "
+            "reduce_range activations, int8 weights at -128) is refused, naming the tensor, instead of "
+            "re-quantized with its measured cost in the manifest's notes.",
+        ),
+    ] = False,
     check: Annotated[
         bool,
         typer.Option(
@@ -208,6 +218,7 @@ def convert_cmd(
         onnx_linears=onnx_linears,
         device=device,
         learn=learn,
+        strict_params=strict_params,
     )
     if trust_pickle:
         console.print("[yellow]warning:[/] --trust-pickle: unpickling runs code from the model file")

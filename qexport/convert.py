@@ -47,6 +47,7 @@ class ConvertOptions:
     onnx_linears: str = "integer"  # onnx: integer (exact fused or not) or qdq (plain, faster fused)
     device: str = "cpu"  # "npu": full-integer files (recipe NPU_RECIPE unless --recipe is given)
     learn: bool = False  # learn each recipe's params from the calibration data (docs/learning.md)
+    strict_params: bool = False  # a quantized source a backend cannot keep exactly: refuse, not re-quantize
 
 
 DEVICES = ("cpu", "npu")
@@ -119,7 +120,11 @@ def convert(src: str | Path, out: Path, opts: ConvertOptions, step: Step | None 
     with StagedOutput(out) as stage:
         with step("capturing the model with torch.export"):
             captured = capture_source(
-                src, seq_len=opts.seq_len, config=opts.config, trust_pickle=opts.trust_pickle
+                src,
+                seq_len=opts.seq_len,
+                config=opts.config,
+                trust_pickle=opts.trust_pickle,
+                strict_params=opts.strict_params,
             )
         if captured.quantized is not None:  # PyTorch quantized it: its integers, every target
             if opts.recipe is not None or opts.device != "cpu" or opts.learn:

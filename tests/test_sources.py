@@ -218,9 +218,10 @@ def test_float16_quantize_dynamic_state_dict_is_refused(tiny_model_dirs, tmp_pat
     assert_clean_failure(result, out, "packed Linear qexport cannot read", "dtype=torch.qint8")
 
 
-def test_qat_state_dict_is_refused_not_silently_stripped(tiny_model_dirs, tmp_path):
+def test_qat_state_dict_keeps_its_params_not_silently_stripped(tiny_model_dirs, tmp_path):
     """Eager QAT (fbgemm qconfig, prepare_qat): its FakeQuantize scales used to be dropped
-    without a word and the model re-quantized with qexport's own calibration."""
+    without a word and the model re-quantized with qexport's own calibration. They are now the
+    IR's params (tests/test_qat_sources.py has the arithmetic)."""
     from torch.ao.quantization import get_default_qat_qconfig, prepare_qat
 
     model = _tiny_bert(tiny_model_dirs).train()
@@ -234,7 +235,9 @@ def test_qat_state_dict_is_refused_not_silently_stripped(tiny_model_dirs, tmp_pa
     out = tmp_path / "out"
     config = str(tiny_model_dirs["bert"] / "config.json")
     result = run_cli(str(tmp_path / "qat.pth"), "--config", config, "--seq-len", "16", "-o", str(out))
-    assert_clean_failure(result, out, "QAT or observed state_dict", "post_process")
+    assert result.returncode == 0, result.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["recipe"]["name"] == "torch-qat" and manifest["calibration"] is None
 
 
 def test_keys_the_architecture_has_no_place_for_are_reported(tiny_model_dirs, tmp_path):

@@ -165,7 +165,7 @@ def test_minilm_quantize_dynamic_state_dict(minilm_dir, sentence_inputs, tmp_pat
         assert np.array_equal(graph.constants[name], integers), name
     inputs = {k: v[:4] for k, v in sentence_inputs.items() if k in graph.inputs}
     reference = torch_quantized_module(
-        captured.source.module, captured.source.quantized_linears, captured.source.quantized_state
+        captured.source.module, captured.source.quantized.linears, captured.source.quantized.state
     )
     expected = _per_sample(reference, inputs)["last_hidden_state"]
     simulated = np.concatenate(

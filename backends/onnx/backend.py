@@ -83,11 +83,12 @@ class OnnxBackend:
 
         self.check(graph)
         npu = self.writes_npu_form(graph)
+        unsigned = npu or _reshaped_qdq(graph)
         if self.fuse_attention:
             graph = fuse_attention(graph)  # float attention islands -> one Attention node each
         # NPU form: Linears as plain QDQ (DequantizeLinear -> MatMul -> QuantizeLinear), the
         # pattern QNN maps onto its integer FullyConnected.
-        b = OnnxBuilder(graph, integer_linears=self.integer_linears and not npu, unsigned=npu)
+        b = OnnxBuilder(graph, integer_linears=self.integer_linears and not npu, unsigned=unsigned)
         seq = int(graph.metadata.get("capture", {}).get("seq_len", 128))
 
         def shape(dims: tuple[Any, ...]) -> list[Any]:  # static [1, seq] for NPU compilers
@@ -196,3 +197,22 @@ def _resolve(b: Any, graph: Graph, name: str) -> str:
             return b.initializer(name, array)
         return b.dequantized_constant(name, array, spec, axis=spec.axis)
     return name
+
+
+def _reshaped_qdq(graph: Graph) -> bool:
+    """A static per-tensor int8 activation read by a layout op (a QAT source quantizes Linear
+    outputs: query, key, value). onnxruntime's QDQ propagation copies its Q/DQ pair past the
+    Reshape and its int8-to-uint8 pass then rewrites the zero point under the shared name, and
+    the session fails to load ("output_dtype INT8 does not match y_zero_point type UINT8").
+    Stored as uint8 (the same real values, ``OnnxBuilder.stored``) there is nothing to rewrite."""
+    from qexport.ir.integer_form import LAYOUT_OPS
+
+    readers = graph.consumers()
+    return any(
+        not spec.dynamic
+        and spec.axis is None
+        and spec.dtype.storage == "int8"
+        and value in graph.values
+        and any(n.op in LAYOUT_OPS for n in readers.get(value, []))
+        for value, spec in graph.quant.items()
+    )

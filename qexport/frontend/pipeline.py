@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 from qexport.frontend.export import Exported, export_module
-from qexport.frontend.quantized import apply_dynamic
 from qexport.frontend.source import LoadedSource, load_source
 from qexport.frontend.translate import translate
 from qexport.ir.fold_score_scale import fold_score_scale
@@ -20,7 +19,7 @@ class Captured:
     graph: Graph
     source: LoadedSource
     exported: Exported
-    # A source PyTorch already quantized (quantize_dynamic): the IR with its own integers, which
+    # A source PyTorch already quantized (quantize_dynamic, QAT): the IR with its own params, which
     # every target is lowered from instead of a recipe (frontend/quantized.py).
     quantized: Graph | None = None
 
@@ -31,16 +30,25 @@ class Captured:
 
 
 def capture_source(
-    src: str | Path, *, seq_len: int = 128, config: str | Path | None = None, trust_pickle: bool = False
+    src: str | Path,
+    *,
+    seq_len: int = 128,
+    config: str | Path | None = None,
+    trust_pickle: bool = False,
+    strict_params: bool = False,
 ) -> Captured:
+    """``strict_params``: a quantized source whose params a backend cannot keep exactly is refused
+    instead of re-quantized (frontend/qat.py)."""
     from qexport import __version__
 
     source = load_source(src, config=config, trust_pickle=trust_pickle)
+    if source.quantized is not None and hasattr(source.quantized, "strict"):
+        source.quantized.strict = strict_params
     exported = export_module(source, seq_len)
     prefix = "model." if exported.module is not None else ""
     graph = translate(exported.program, exported.input_names, exported.output_names, prefix=prefix)
     # 1/sqrt(d) into the query weights: one op fewer per layer; not into int8 weights kept as stored
-    folded = 0 if source.quantized_linears else fold_score_scale(graph)
+    folded = 0 if source.quantized else fold_score_scale(graph)
     graph.metadata.update(
         {
             "qexport_version": __version__,
@@ -52,5 +60,10 @@ def capture_source(
             "passes": {"fold_score_scale": folded},
         }
     )
-    quantized = apply_dynamic(graph, source.quantized_linears) if source.quantized_linears else None
+    quantized = None
+    if source.quantized is not None:
+        quantized = source.quantized.apply(graph)
+        note = source.quantized.requantization_note(graph, seq_len, source.tokenizer_dir)
+        if note:
+            quantized.metadata["notes"].append(note)
     return Captured(graph, source, exported, quantized)

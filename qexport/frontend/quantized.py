@@ -15,7 +15,7 @@ run-time input spec. Anything else a quantization workflow leaves is refused by
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,30 @@ class QuantizedLinear:
     scale: np.ndarray  # float32, () or (out,)
     zero_point: np.ndarray  # int32, same shape
     axis: int | None  # 0: per output channel
+
+
+@dataclass
+class DynamicSource:
+    """A ``quantize_dynamic`` state_dict's int8 weights by module path, and the state as stored."""
+
+    linears: dict[str, QuantizedLinear]
+    state: dict[str, Any] = field(repr=False)
+    label: str = "torch.ao quantize_dynamic"
+
+    def apply(self, graph: Graph) -> Graph:
+        return apply_dynamic(graph, self.linears)
+
+    def reference(self, float_module: Any) -> Any:
+        return torch_quantized_module(float_module, self.linears, self.state)
+
+    def requantization_note(self, graph: Graph, seq_len: int, tokenizer_dir: Path | None) -> str | None:
+        return None  # kept exactly or refused (asymmetric weights, static convert)
+
+    def note(self) -> str:
+        return (
+            f"torch.ao quantize_dynamic source: {len(self.linears)} Linears keep their int8 weights and "
+            f"PyTorch's run-time input rule (recipe {RECIPE})"
+        )
 
 
 def is_dynamic_state(state: dict[str, Any]) -> bool:

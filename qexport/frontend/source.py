@@ -30,7 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from qexport.errors import SourceError, UnsafeSourceError, first_line
-from qexport.frontend.quantized import is_dynamic_state, unpack_dynamic
+from qexport.frontend.qat import QatSource, is_qat_state, read_qat
+from qexport.frontend.quantized import DynamicSource, is_dynamic_state, unpack_dynamic
 from qexport.frontend.rebuild import program_class, rebuild, traced_class
 
 log = logging.getLogger("qexport")
@@ -50,9 +51,9 @@ class LoadedSource:
     config: Any = None  # transformers PretrainedConfig when known
     tokenizer_dir: Path | None = None
     notes: list[str] = field(default_factory=list)
-    # torch.ao quantize_dynamic sources: the int8 weights by module path (frontend/quantized.py)
-    quantized_linears: dict[str, Any] | None = None
-    quantized_state: dict[str, Any] | None = None  # as stored, to rebuild the torch model for parity
+    # a model PyTorch quantized (quantize_dynamic, eager QAT): its params, to apply to the IR and
+    # to rebuild PyTorch's quantized model for parity (frontend/quantized.py, frontend/qat.py)
+    quantized: DynamicSource | QatSource | None = None
 
 
 def resolve_builtin(src: str) -> Path | None:
@@ -380,6 +381,8 @@ def _load_weights_file(path: Path, config: str | Path | None, trust_pickle: bool
     model = model_from_config(cfg, Path(config))
     if is_dynamic_state(state):
         return _dynamic_source(path, "state-dict", model, state, cfg)
+    if is_qat_state(state):
+        return _qat_source(path, "state-dict", model, state, cfg)
     unused = load_state_dict_into(model, state, path)
     return LoadedSource(
         path,
@@ -394,21 +397,32 @@ def _load_weights_file(path: Path, config: str | Path | None, trust_pickle: bool
 def _dynamic_source(path: Path, kind: str, model: Any, state: dict[str, Any], config: Any) -> LoadedSource:
     """A quantize_dynamic model as its float twin (the int8 weights dequantized) plus its integers."""
     floats, linears = unpack_dynamic(state, path)
+    return _quantized_source(path, kind, model, floats, DynamicSource(linears, state), config)
+
+
+def _qat_source(path: Path, kind: str, model: Any, state: dict[str, Any], config: Any) -> LoadedSource:
+    """An eager QAT state_dict as its float model plus its FakeQuantize params."""
+    floats, qat = read_qat(state, path)
+    return _quantized_source(path, kind, model, floats, qat, config)
+
+
+def _quantized_source(
+    path: Path,
+    kind: str,
+    model: Any,
+    floats: dict[str, Any],
+    quantized: DynamicSource | QatSource,
+    config: Any,
+) -> LoadedSource:
     unused = load_state_dict_into(model, floats, path)
-    notes = [
-        *_unused_keys_note(unused, path),
-        f"torch.ao quantize_dynamic source: {len(linears)} Linears keep their int8 weights and "
-        "PyTorch's run-time input rule (recipe torch-dynamic)",
-    ]
     return LoadedSource(
         path,
         kind,
         file_sha256(path),
         module=model.eval(),
         config=config,
-        notes=notes,
-        quantized_linears=linears,
-        quantized_state=state,
+        notes=[*_unused_keys_note(unused, path), quantized.note()],
+        quantized=quantized,
     )
 
 
@@ -497,9 +511,8 @@ def refuse_quantized_state(state: dict[str, Any], where: Path | str) -> None:
     if fake:
         raise SourceError(
             f"{where}: a QAT or observed state_dict (FakeQuantize/observer buffers such as "
-            f"{fake[0]!r}); qexport does not keep their scales yet and will not drop them "
-            "silently: save it without the keys holding 'fake_quant' or 'post_process' to "
-            "re-quantize its weights with qexport's calibration"
+            f"{fake[0]!r}); qexport keeps their params when the state_dict is given as a file "
+            "with --config, and will not drop them silently here"
         )
 
 

@@ -121,11 +121,9 @@ def _batched(
 def quantized_reference(captured: Any) -> Any:
     """The torch module of a source PyTorch quantized itself (None for float sources)."""
     source = captured.source
-    if not source.quantized_linears or source.module is None:
+    if source.quantized is None or source.module is None:
         return None
-    from qexport.frontend.quantized import torch_quantized_module
-
-    return torch_quantized_module(source.module, source.quantized_linears, source.quantized_state)
+    return source.quantized.reference(source.module)
 
 
 def check_outdir(
