@@ -1,6 +1,8 @@
 """Regenerate fixtures/docstring_sentences.txt: real English sentences from stdlib docstrings.
 
 Deterministic (sorted modules and names); used as held-out calibration/evaluation text.
+``--task`` writes fixtures/docstring_modules.tsv instead: every sentence with the module it
+came from, the labeled task of ``benchmarks/task.py`` (modules with at least 19 sentences).
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ import importlib
 import inspect
 import re
 import sys
+from collections import Counter
 from pathlib import Path
 
 MODULES = [
@@ -46,9 +49,10 @@ MODULES = [
 ]
 
 
-def sentences() -> list[str]:
+def labeled() -> list[tuple[str, str]]:
+    """(module, sentence) for every qualifying sentence, each sentence once."""
     seen: set[str] = set()
-    out: list[str] = []
+    out: list[tuple[str, str]] = []
     for module_name in MODULES:
         module = importlib.import_module(module_name)
         for _, obj in sorted(inspect.getmembers(module), key=lambda kv: kv[0]):
@@ -64,11 +68,31 @@ def sentences() -> list[str]:
                         and sent not in seen
                     ):
                         seen.add(sent)
-                        out.append(sent)
+                        out.append((module_name, sent))
     return out
 
 
+def sentences() -> list[str]:
+    return [sentence for _, sentence in labeled()]
+
+
+TASK_MIN = 19  # sentences a module needs to be a class of the task
+
+
+def write_task(target: Path) -> int:
+    rows = labeled()
+    counts = Counter(module for module, _ in rows)
+    kept = [(m, s) for m, s in rows if counts[m] >= TASK_MIN]
+    target.write_text("".join(f"{m}\t{s}\n" for m, s in kept))
+    return len(kept)
+
+
 if __name__ == "__main__":
+    fixtures = Path(__file__).resolve().parents[1] / "fixtures"
+    if sys.argv[1:] == ["--task"]:
+        count = write_task(fixtures / "docstring_modules.tsv")
+        print(f"{count} labeled sentences -> {fixtures / 'docstring_modules.tsv'}")
+        sys.exit(0)
     lines = sentences()
     target = Path(__file__).resolve().parents[1] / "fixtures" / "docstring_sentences.txt"
     target.write_text("\n".join(lines[: int(sys.argv[1]) if len(sys.argv) > 1 else 400]) + "\n")
