@@ -96,8 +96,8 @@ class _Progress:
     "(model.qir, model.<recipe>.qir), then check their parity with fp32. SRC is a Hugging Face model "
     "directory, builtin:all-MiniLM-L6-v2, a torch.export program, a TorchScript archive, a state_dict "
     "with --config, or a pickled nn.Module with --trust-pickle; files are recognised by content. A model "
-    "PyTorch quantized with quantize_dynamic (its state_dict or pickle) or trained with eager QAT (its "
-    "state_dict) keeps its own int8 weights and scales.",
+    "PyTorch quantized with quantize_dynamic (its state_dict or pickle), trained with eager QAT (its "
+    "state_dict) or quantized by pt2e (its torch.export .pt2) keeps its own int8 weights and scales.",
 )
 def convert_cmd(
     src: Annotated[str, typer.Argument(help="Model source (see above).", show_default=False, metavar="SRC")],
@@ -190,7 +190,7 @@ def convert_cmd(
         bool,
         typer.Option(
             "--strict-params",
-            help="A model PyTorch quantized (QAT) whose params a backend cannot keep exactly (7-bit "
+            help="A model PyTorch quantized (QAT, pt2e) whose params a backend cannot keep exactly (7-bit "
             "reduce_range activations, int8 weights at -128) is refused, naming the tensor, instead of "
             "re-quantized with its measured cost in the manifest's notes.",
         ),

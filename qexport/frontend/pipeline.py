@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from qexport.errors import UsageError
 from qexport.frontend.export import Exported, export_module
+from qexport.frontend.pt2e import Pt2eSource, finish, float_graph, requantization_cost
 from qexport.frontend.source import LoadedSource, load_source
 from qexport.frontend.translate import translate
 from qexport.ir.fold_score_scale import fold_score_scale
@@ -25,7 +28,10 @@ class Captured:
 
     @property
     def reference_module(self) -> Any:
-        """The fp32 torch module taking the graph's inputs (None for .pt2 sources)."""
+        """The fp32 torch module taking the graph's inputs (None for .pt2 sources; for a pt2e
+        program, the program without its activation quantize/dequantize pairs)."""
+        if isinstance(self.source.quantized, Pt2eSource):
+            return self.source.quantized.float_module()
         return self.exported.module
 
 
@@ -47,6 +53,16 @@ def capture_source(
     exported = export_module(source, seq_len)
     prefix = "model." if exported.module is not None else ""
     graph = translate(exported.program, exported.input_names, exported.output_names, prefix=prefix)
+    translated = None
+    if graph.quant:  # a pt2e program: its own quantization, read by the translation
+        source.quantized = Pt2eSource(exported.program, strict=strict_params)
+        static = [d for info in graph.inputs.values() for d in info.shape[1:2] if isinstance(d, int)]
+        if static and static[0] != seq_len:
+            raise UsageError(
+                f"{src}: the program was exported for sequences of {static[0]} tokens; "
+                f"pass --seq-len {static[0]}"
+            )
+        translated, graph = graph, float_graph(graph)
     # 1/sqrt(d) into the query weights: one op fewer per layer; not into int8 weights kept as stored
     folded = 0 if source.quantized else fold_score_scale(graph)
     graph.metadata.update(
@@ -55,13 +71,20 @@ def capture_source(
             "source": {"kind": source.kind, "name": source.path.name, "sha256": source.sha256},
             "architecture": type(source.module).__name__ if source.module is not None else "ExportedProgram",
             "capture": {"seq_len": seq_len, "dynamic_shapes": exported.dynamic, "max_seq": exported.max_seq},
-            "notes": list(source.notes),
+            "notes": [*graph.metadata.get("notes", []), *source.notes],
             "input_defaults": defaults_for(exported.input_names) if exported.module is not None else {},
             "passes": {"fold_score_scale": folded},
         }
     )
     quantized = None
-    if source.quantized is not None:
+    if translated is not None:
+        translated.metadata.update(copy.deepcopy(graph.metadata))
+        quantized = finish(translated, source.quantized)
+        quantized.metadata["notes"].append(source.quantized.note(quantized))
+        note = requantization_cost(quantized, translated, seq_len)
+        if note:
+            quantized.metadata["notes"].append(note)
+    elif source.quantized is not None:
         quantized = source.quantized.apply(graph)
         note = source.quantized.requantization_note(graph, seq_len, source.tokenizer_dir)
         if note:

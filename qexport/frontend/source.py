@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from qexport.errors import SourceError, UnsafeSourceError, first_line
+from qexport.frontend.pt2e import Pt2eSource
 from qexport.frontend.qat import QatSource, is_qat_state, read_qat
 from qexport.frontend.quantized import DynamicSource, is_dynamic_state, unpack_dynamic
 from qexport.frontend.rebuild import program_class, rebuild, traced_class
@@ -53,7 +54,7 @@ class LoadedSource:
     notes: list[str] = field(default_factory=list)
     # a model PyTorch quantized (quantize_dynamic, eager QAT): its params, to apply to the IR and
     # to rebuild PyTorch's quantized model for parity (frontend/quantized.py, frontend/qat.py)
-    quantized: DynamicSource | QatSource | None = None
+    quantized: DynamicSource | QatSource | Pt2eSource | None = None  # Pt2eSource: set by capture
 
 
 def resolve_builtin(src: str) -> Path | None:
@@ -249,6 +250,9 @@ def _quiet_torch() -> Iterator[None]:
 
 def _load_pt2(path: Path, config: str | Path | None) -> LoadedSource:
     import torch
+
+    # pt2e programs call quantized_decomposed ops, which exist once this module registers them
+    import torch.ao.quantization.fx._decomposed
 
     # A program whose outputs are transformers' ModelOutput classes loads only once those
     # classes are registered as pytree nodes, which importing their module does.

@@ -14,9 +14,11 @@ from typing import Any
 import numpy as np
 
 from qexport.errors import CaptureError
+from qexport.frontend import pt2e
 from qexport.frontend.aten import IDENTITY, IGNORED
 from qexport.frontend.translator import HANDLERS, Named, Sym, Translator, V, ir_dtype, name_const
 from qexport.ir.graph import Graph, Node, ValueInfo
+from qexport.ir.ops import Op
 
 
 def translate(
@@ -83,6 +85,9 @@ def translate(
         if target == "<built-in function getitem>":
             env[fx_node.name] = args[0][args[1]]
             continue
+        if target in pt2e.QUANTIZE | pt2e.DEQUANTIZE | pt2e.DEQUANTIZE_CHANNEL:
+            env[fx_node.name] = _quantization_op(t, fx_node, target, args, kwargs)
+            continue
         if target == "aten.sym_size.int":
             env[fx_node.name] = Sym(str(t.dim(fx_node.meta["val"])))
             continue
@@ -108,6 +113,41 @@ def translate(
             raise CaptureError(f"output {name} does not depend on the inputs; nothing to convert")
         outputs[name] = ref.id
     return _assign_names(t, graph_inputs, outputs)
+
+
+def _quantization_op(t: Translator, fx_node: Any, target: str, args: Any, kwargs: dict[str, Any]) -> Any:
+    """pt2e's quantize/dequantize ops (frontend/pt2e.py): a quantize -> dequantize pair on a value
+    is a spec on that value; a dequantized int8 constant is its float values, remembered as
+    integers for a Linear weight. On constants alone they fold like any op."""
+    source = args[0]
+    where = f"{target} at {t.path or '<top level>'}"
+    if target in pt2e.QUANTIZE:
+        if isinstance(source, V):
+            return pt2e.Quantized(source, pt2e.activation_spec(tuple(args), where))
+        return _fold(fx_node, args, kwargs, t)
+    if isinstance(source, pt2e.Quantized):
+        spec = pt2e.activation_spec(tuple(args), where)
+        known = t.specs.setdefault(source.value.id, source.spec)
+        if not (pt2e.same_spec(spec, source.spec) and pt2e.same_spec(known, spec)):
+            raise CaptureError(f"{where}: dequantized with other params than it was quantized with")
+        return source.value
+    if isinstance(source, V):
+        raise CaptureError(f"{where}: dequantizes a computed tensor no quantize op produced")
+    folded = _fold(fx_node, args, kwargs, t)
+    if target in pt2e.DEQUANTIZE_CHANNEL and isinstance(source, Named):
+        scale, zero = (np.asarray(_constant(t, a)) for a in args[1:3])
+        held = pt2e.QuantizedConstant(
+            t.constants[source.name], scale, zero, int(args[3]), int(args[4]), int(args[5])
+        )
+        name = f"{source.name}.dequantized"
+        t.constants[name] = folded
+        t.quantized_constants[name] = held
+        return name_const(name)
+    return folded
+
+
+def _constant(t: Translator, ref: Any) -> Any:
+    return t.constants[ref.name] if isinstance(ref, Named) else ref
 
 
 def _map_args(obj: Any, env: dict[str, Any], t: Translator) -> Any:
@@ -224,5 +264,28 @@ def _assign_names(t: Translator, inputs: dict[str, ValueInfo], outputs: dict[str
         values[out] = p.info
         nodes.append(Node(out, p.op, node_inputs, [out], p.attrs))
     graph = Graph(inputs, {k: rename[v] for k, v in outputs.items()}, nodes, constants, values)
+    _quantization(t, graph, rename)
     graph.validate()
     return graph
+
+
+def _quantization(t: Translator, graph: Graph, rename: dict[str, str]) -> None:
+    """A pt2e program's specs on the named graph: each quantized value's, and each Linear
+    weight's integers as stored (frontend/pt2e.py). A quantized graph input is left float: the
+    artifacts take float inputs (noted in the metadata)."""
+    dropped = []
+    for vid, spec in t.specs.items():
+        name = rename.get(vid, vid)
+        if name in graph.inputs:
+            dropped.append(name)
+        else:
+            graph.quant[name] = spec
+    for node in graph.nodes:
+        held = t.quantized_constants.get(node.inputs[1]) if node.op is Op.LINEAR else None
+        if held is not None:
+            graph.constants[node.inputs[1]] = held.integers
+            graph.quant[node.inputs[1]] = pt2e.weight_spec(held, f"Linear {node.name}")
+    if dropped:
+        graph.metadata["notes"] = [
+            f"pt2e quantize/dequantize of graph input {n} not kept: inputs stay float" for n in dropped
+        ]

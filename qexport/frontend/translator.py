@@ -73,6 +73,10 @@ class Translator:
     values: dict[str, ValueInfo] = field(default_factory=dict)
     path: str = ""
     counter: int = 0
+    # pt2e programs (frontend/pt2e.py): specs of quantized values by V id, and the int8
+    # constants dequantize_per_channel reads, by constant name
+    specs: dict[str, Any] = field(default_factory=dict)
+    quantized_constants: dict[str, Any] = field(default_factory=dict)
 
     # -- value helpers -------------------------------------------------
     def info(self, ref: Any) -> ValueInfo:

@@ -121,7 +121,7 @@ def _batched(
 def quantized_reference(captured: Any) -> Any:
     """The torch module of a source PyTorch quantized itself (None for float sources)."""
     source = captured.source
-    if source.quantized is None or source.module is None:
+    if source.quantized is None:
         return None
     return source.quantized.reference(source.module)
 
@@ -186,7 +186,13 @@ def check_outdir(
 
     # A run-time range over the whole tensor depends on what else is in the batch: then every
     # runner sees one sample at a time, as a deployed model does (and the TFLite file must).
-    size = 1 if any(s.dynamic and s.axis is None for g in graphs.values() for s in g.quant.values()) else 8
+    # A program with a static batch of 1 (a pt2e .pt2 as exported) takes one sample at a time too.
+    size = (
+        1
+        if any(s.dynamic and s.axis is None for g in graphs.values() for s in g.quant.values())
+        or any(info.shape[:1] == (1,) for info in graph.inputs.values())
+        else 8
+    )
     with step(
         f"running torch fp32, the IR float and simulated ({len(mask) if mask is not None else '?'} samples)"
     ):
