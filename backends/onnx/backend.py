@@ -83,7 +83,7 @@ class OnnxBackend:
 
         self.check(graph)
         npu = self.writes_npu_form(graph)
-        unsigned = npu or _reshaped_qdq(graph)
+        unsigned = npu or _int8_activations(graph)
         if self.fuse_attention:
             graph = fuse_attention(graph)  # float attention islands -> one Attention node each
         # NPU form: Linears as plain QDQ (DequantizeLinear -> MatMul -> QuantizeLinear), the
@@ -199,20 +199,14 @@ def _resolve(b: Any, graph: Graph, name: str) -> str:
     return name
 
 
-def _reshaped_qdq(graph: Graph) -> bool:
-    """A static per-tensor int8 activation read by a layout op (a QAT source quantizes Linear
-    outputs: query, key, value). onnxruntime's QDQ propagation copies its Q/DQ pair past the
-    Reshape and its int8-to-uint8 pass then rewrites the zero point under the shared name, and
-    the session fails to load ("output_dtype INT8 does not match y_zero_point type UINT8").
-    Stored as uint8 (the same real values, ``OnnxBuilder.stored``) there is nothing to rewrite."""
-    from qexport.ir.integer_form import LAYOUT_OPS
-
-    readers = graph.consumers()
+def _int8_activations(graph: Graph) -> bool:
+    """A static per-tensor int8 activation (a QAT or pt2e source's, or a recipe file's). Read by a
+    Reshape, onnxruntime's QDQ propagation copies its Q/DQ pair past it and its int8-to-uint8 pass
+    then rewrites the zero point under the shared name: the session fails to load ("output_dtype
+    INT8 does not match y_zero_point type UINT8"). Stored as uint8 (the same real values,
+    ``OnnxBuilder.stored``) there is nothing to rewrite. Built-in CPU recipes quantize
+    activations to uint8 already, so their files do not change."""
     return any(
-        not spec.dynamic
-        and spec.axis is None
-        and spec.dtype.storage == "int8"
-        and value in graph.values
-        and any(n.op in LAYOUT_OPS for n in readers.get(value, []))
+        not spec.dynamic and spec.axis is None and spec.dtype.storage == "int8" and value not in graph.constants
         for value, spec in graph.quant.items()
     )

@@ -21,7 +21,7 @@ ACTIVATION_DTYPES = ("uint8", "int8", "int16", "uint7")
 OBSERVERS = ("minmax", "percentile", "mse")
 RULE_ACTIONS = ("float", "int16")
 LINEAR_OUTPUTS = ("float", "int8")
-LEARNABLE_SCHEMES = ("static", "dynamic", "weight-only")
+LEARNABLE_SCHEMES = ("static", "dynamic", "weight-only", "integer")
 
 
 class RecipeError(QExportError):
@@ -157,7 +157,7 @@ class Recipe:
         if self.learn and self.scheme not in LEARNABLE_SCHEMES:
             raise RecipeError(
                 f"learn = true applies to the {', '.join(LEARNABLE_SCHEMES)} schemes, not {self.scheme!r} "
-                "(the full-integer recipes are not learnable yet)"
+                "(nothing is quantized to learn)"
             )
         if not 0 <= self.learn_epochs <= 1000:
             raise RecipeError("learn_epochs must be within [0, 1000]")
