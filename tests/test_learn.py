@@ -132,6 +132,17 @@ def test_recipes_that_cannot_learn_say_so():
         replace(resolve("fp32"), learn=True)
 
 
+def test_cli_refuses_learn_with_nothing_to_learn(tiny_model_dirs, tmp_path):
+    out = tmp_path / "out"
+    result = run_cli(
+        str(tiny_model_dirs["bert"]), "--to", "onnx", "--recipe", "fp32", "--learn", "-o", str(out)
+    )
+    assert result.returncode == 2
+    assert "learn = true applies to" in result.stderr + result.stdout
+    assert "Traceback" not in result.stderr
+    assert not out.exists()
+
+
 def test_full_integer_recipes_learn_their_weight_rounding(tiny, tmp_path):
     """npu-int16 (what --for npu uses): GPTQ moves int8 weight integers only; the full-integer
     files lower the learned IR as they lower the plain one. MiniLM: +2.1 dB (docs/learning.md)."""

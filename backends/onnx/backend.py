@@ -207,6 +207,9 @@ def _int8_activations(graph: Graph) -> bool:
     ``OnnxBuilder.stored``) there is nothing to rewrite. Built-in CPU recipes quantize
     activations to uint8 already, so their files do not change."""
     return any(
-        not spec.dynamic and spec.axis is None and spec.dtype.storage == "int8" and value not in graph.constants
+        not spec.dynamic
+        and spec.axis is None
+        and spec.dtype.storage == "int8"
+        and value not in graph.constants
         for value, spec in graph.quant.items()
     )
