@@ -10,7 +10,6 @@ Also the time ``learn`` takes. Writes benchmarks/results/learn.{json,md}.
 
 from __future__ import annotations
 
-import json
 import sys
 import tempfile
 import time
@@ -20,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.measure import minilm_texts, parity, pooled
+from benchmarks.measure import minilm_texts, parity, pooled, write_results
 
 RECIPES = ("int8", "int8-mixed", "int8-full", "int16x8", "dynamic", "weight-only", "int8+distill")
 BACKENDS = ("onnx", "tflite", "torch")
@@ -126,11 +125,7 @@ def to_markdown(result: dict[str, Any]) -> str:
 
 def main() -> None:
     result = run()
-    out = Path(__file__).parent / "results"
-    out.mkdir(exist_ok=True)
-    (out / "learn.json").write_text(json.dumps(result, indent=2) + "\n")
-    (out / "learn.md").write_text(to_markdown(result))
-    print(to_markdown(result))
+    write_results("learn", result, to_markdown(result))
 
 
 if __name__ == "__main__":

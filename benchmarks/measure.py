@@ -88,3 +88,14 @@ def minilm_texts(samples: int) -> tuple[Path, dict[str, np.ndarray], dict[str, n
         tokenize(lines[:128], model_dir, 128, names),
         tokenize(lines[128 : 128 + samples], model_dir, 128, names),
     )
+
+
+def write_results(stem: str, result: dict, markdown: str) -> None:
+    """``benchmarks/results/<stem>.json`` and ``.md`` of a standalone section; prints the table."""
+    import json
+
+    out = Path(__file__).parent / "results"
+    out.mkdir(exist_ok=True)
+    (out / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / f"{stem}.md").write_text(markdown)
+    print(markdown)

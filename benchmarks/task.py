@@ -15,7 +15,6 @@ Writes benchmarks/results/task.{json,md}.
 
 from __future__ import annotations
 
-import json
 import sys
 import tempfile
 import time
@@ -25,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.measure import minilm_texts, pooled
+from benchmarks.measure import minilm_texts, pooled, write_results
 
 ROOT = Path(__file__).resolve().parents[1]
 TASK = ROOT / "fixtures" / "docstring_modules.tsv"
@@ -198,11 +197,7 @@ def to_markdown(result: dict[str, Any]) -> str:
 
 def main() -> None:
     result = run()
-    out = Path(__file__).parent / "results"
-    out.mkdir(exist_ok=True)
-    (out / "task.json").write_text(json.dumps(result, indent=2) + "\n")
-    (out / "task.md").write_text(to_markdown(result))
-    print(to_markdown(result))
+    write_results("task", result, to_markdown(result))
 
 
 if __name__ == "__main__":

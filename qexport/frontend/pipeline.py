@@ -86,7 +86,7 @@ def capture_source(
             quantized.metadata["notes"].append(note)
     elif source.quantized is not None:
         quantized = source.quantized.apply(graph)
-        note = source.quantized.requantization_note(graph, seq_len, source.tokenizer_dir)
+        note = source.quantized.requantization_note(graph, quantized, seq_len, source.tokenizer_dir)
         if note:
             quantized.metadata["notes"].append(note)
     return Captured(graph, source, exported, quantized)

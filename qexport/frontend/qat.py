@@ -61,8 +61,10 @@ class QatSource:
     def apply(self, graph: Graph) -> Graph:
         return apply_qat(graph, self)
 
-    def requantization_note(self, graph: Graph, seq_len: int, tokenizer_dir: Path | None) -> str | None:
-        return requantization_note(graph, self, seq_len, tokenizer_dir)
+    def requantization_note(
+        self, graph: Graph, quantized: Graph, seq_len: int, tokenizer_dir: Path | None
+    ) -> str | None:
+        return requantization_note(graph, quantized, self, seq_len, tokenizer_dir)
 
     def reference(self, float_module: Any) -> Any:
         return torch_qat_module(float_module, self)
@@ -252,16 +254,15 @@ def apply_qat(graph: Graph, source: QatSource, exact: bool = False) -> Graph:
 
 
 def requantization_note(
-    graph: Graph, source: QatSource, seq_len: int, tokenizer_dir: Path | None
+    graph: Graph, lossy: Graph, source: QatSource, seq_len: int, tokenizer_dir: Path | None
 ) -> str | None:
-    """One line saying what was re-quantized and what it costs: the reference run of the IR
-    against the exact one (PyTorch's params as they are) on 8 samples of the built-in sentences
+    """One line saying what was re-quantized and what it costs: the reference run of ``lossy``
+    (``apply_qat`` of the float ``graph``) against the exact one (PyTorch's params as they are) on 8 samples of the built-in sentences
     (random token ids without a tokenizer), SQNR per output."""
     from qexport.parity.bisect import sqnr_db
     from qexport.quant.calibration import random_tokens
     from qexport.reference.executor import run
 
-    lossy = apply_qat(graph, source)
     changed = lossy.metadata["recipe"]["requantized"]
     if not changed:
         return None

@@ -53,7 +53,9 @@ class DynamicSource:
     def reference(self, float_module: Any) -> Any:
         return torch_quantized_module(float_module, self.linears, self.state)
 
-    def requantization_note(self, graph: Graph, seq_len: int, tokenizer_dir: Path | None) -> str | None:
+    def requantization_note(
+        self, graph: Graph, quantized: Graph, seq_len: int, tokenizer_dir: Path | None
+    ) -> str | None:
         return None  # kept exactly or refused (asymmetric weights, static convert)
 
     def note(self) -> str:

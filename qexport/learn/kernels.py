@@ -19,16 +19,6 @@ from qexport.ir.symbols import evaluate
 Kernel = Callable[[Sequence[Any], Mapping[str, Any], Mapping[str, int]], torch.Tensor]
 TORCH_KERNELS: dict[Op, Kernel] = {}
 
-_DTYPES = {
-    "float32": torch.float32,
-    "int64": torch.int64,
-    "int32": torch.int32,
-    "int16": torch.int16,
-    "int8": torch.int8,
-    "uint8": torch.uint8,
-    "bool": torch.bool,
-}
-
 
 def _kernel(op: Op) -> Callable[[Kernel], Kernel]:
     def register(fn: Kernel) -> Kernel:
@@ -128,7 +118,7 @@ TORCH_KERNELS.update(
         Op.SQUEEZE: lambda xs, attrs, dims: xs[0].squeeze(tuple(attrs["axes"])),
         Op.UNSQUEEZE: _unsqueeze,
         Op.WHERE: lambda xs, attrs, dims: torch.where(xs[0], xs[1], xs[2]),
-        Op.CAST: lambda xs, attrs, dims: xs[0].to(_DTYPES[attrs["to"]]),
+        Op.CAST: lambda xs, attrs, dims: xs[0].to(getattr(torch, attrs["to"])),  # IR dtype names are torch's
         Op.REDUCE_MEAN: _reduce(torch.mean),
         Op.REDUCE_MAX: _reduce(torch.amax),
         Op.REDUCE_SUM: _reduce(torch.sum),
