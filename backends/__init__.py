@@ -19,6 +19,7 @@ from qexport.ir.ops import Op
 BUILTIN: dict[str, str] = {
     "onnx": "qexport.backends.onnx:OnnxBackend",
     "torch": "qexport.backends.torch:TorchBackend",
+    "torch-aoti": "qexport.backends.torch.aoti:AotiBackend",
     "tflite": "qexport.backends.tflite:TfliteBackend",
     "executorch": "qexport.backends.executorch:ExecutorchBackend",
 }
@@ -77,9 +78,10 @@ def _specs() -> dict[str, str]:
     return specs
 
 
-ON_REQUEST = frozenset({"executorch"})
+ON_REQUEST = frozenset({"executorch", "torch-aoti"})
 """Backends written only when ``--to`` names them: an ExecuTorch program is for phones and its
-lowering takes ~30 s on MiniLM, so a plain ``qexport SRC`` does not pay for it."""
+lowering takes ~30 s on MiniLM; an AOTInductor package needs a C++ compiler, ~30 s of
+compiling and is tied to the converting CPU. A plain ``qexport SRC`` pays for neither."""
 
 
 def available() -> list[str]:

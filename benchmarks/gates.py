@@ -143,6 +143,7 @@ def _npu_gates() -> list[Gate]:
 
 
 ONNX, TORCH = "qexport int8", "qexport int8 (.pt2)"
+TORCH_AOTI = "qexport int8 (.aoti.pt2)"  # --to torch-aoti: the same program, compiled by AOTInductor
 # TFLite: the default int8 file keeps Linear outputs float, so its FCs run as float (fp32
 # speed, docs/backend-tflite.md); the `dynamic` file is the one with integer FCs, hence the
 # latency candidate of #5.
@@ -163,6 +164,10 @@ GATES: tuple[Gate, ...] = (
     ),
     Gate(5, "latency x the ai-edge-quantizer dynamic file", TFLITE, _vs_tool(AEQ_PEER), "<=", 1.0),
     Gate(6, "latency x torch eager fp32", TORCH, _field("latency_vs_runtime_fp32"), "<=", 0.6),
+    Gate(28, "latency x torch eager fp32", TORCH, _field("latency_vs_runtime_fp32"), "<=", 0.6),
+    Gate(28, "SQNR vs the IR (dB)", TORCH, _field("sqnr_vs_ir_db"), ">=", 40.0),
+    Gate(28, "latency x torch eager fp32", TORCH_AOTI, _field("latency_vs_runtime_fp32"), "<=", 0.6),
+    Gate(28, "SQNR vs the IR (dB)", TORCH_AOTI, _field("sqnr_vs_ir_db"), ">=", 40.0),
     *_default_command_gates(),
     *_npu_gates(),
 )

@@ -116,6 +116,14 @@ def torch_program(path: Path, held_out, one) -> dict[str, Any]:
     return _run_torch(lambda batch: module(**batch)["last_hidden_state"], path, held_out, one)
 
 
+def torch_aoti_package(path: Path, held_out, one) -> dict[str, Any]:
+    """qexport's AOTInductor package (--to torch-aoti), loaded with plain torch."""
+    import torch
+
+    module = torch._inductor.aoti_load_package(str(path))
+    return _run_torch(lambda batch: module(**batch)["last_hidden_state"], path, held_out, one)
+
+
 def _run_torch(hidden: Any, path: Path, held_out, one) -> dict[str, Any]:
     """Pooled outputs on the held-out set (batches of 8) and batch-1 latency of a torch callable."""
     import torch

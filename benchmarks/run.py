@@ -29,6 +29,7 @@ from benchmarks.noise_floor import float_ulp_floor
 from qexport.backends.cpu import cpuinfo
 from qexport.backends.onnx.backend import OnnxBackend
 from qexport.backends.onnx.cpu import session_config
+from qexport.backends.torch import aoti
 from qexport.backends.torch.gemm import resolve_gemm
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -210,6 +211,25 @@ def main() -> None:
             result["rows"].append(
                 {
                     "tool": f"qexport {recipe} (.pt2)",
+                    "runtime": "torch",
+                    "bytes": run["bytes"],
+                    "_call": run["call"],
+                    **parity(run["pooled"], ref),
+                    "sqnr_vs_ir_db": parity(run["pooled"], sim)["sqnr_db"],
+                }
+            )
+        if recipe in ("fp32", "int8") and aoti.compiler() is not None:
+            t = time.perf_counter()
+            package = work / f"qexport_{recipe}.aoti.pt2"
+            get("torch-aoti").lower(q, package)
+            result["pipeline"][f"lower torch-aoti[{recipe}]"] = {
+                "seconds": round(time.perf_counter() - t, 2),
+                "peak_rss_mb": peak_rss_mb(),
+            }
+            run = peers.torch_aoti_package(package, held_out, one)
+            result["rows"].append(
+                {
+                    "tool": f"qexport {recipe} (.aoti.pt2)",
                     "runtime": "torch",
                     "bytes": run["bytes"],
                     "_call": run["call"],

@@ -105,8 +105,10 @@ def convert_cmd(
         str | None,
         typer.Option(
             "--to",
-            help="Comma-separated backends (tflite, onnx, torch, executorch); default: tflite, onnx "
-            "and torch (executorch, a .pte for phones, only when named); none: model.qir only.",
+            help="Comma-separated backends (tflite, onnx, torch, executorch, torch-aoti); default: "
+            "tflite, onnx and torch. Only when named: executorch (a .pte for phones) and torch-aoti "
+            "(the .pt2 compiled by AOTInductor for this CPU: fastest torch file, needs a C++ compiler). "
+            "none: model.qir only.",
         ),
     ] = None,
     out: Annotated[
@@ -152,7 +154,7 @@ def convert_cmd(
         str,
         typer.Option(
             "--torch-gemm",
-            help="torch: how integer Linears multiply. int8 = torch._int_mm (fast on x86 with AVX-512 "
+            help="torch, torch-aoti: how integer Linears multiply. int8 = torch._int_mm (fast on x86 with AVX-512 "
             "VNNI or AMX, a slow scalar loop elsewhere); float = float32 matmuls of the same integers "
             "(same results, fp32 speed, any CPU); auto = int8 if this CPU has VNNI, else float.",
         ),

@@ -109,8 +109,8 @@ def convert(src: str | Path, out: Path, opts: ConvertOptions, step: Step | None 
     targets = [backends.get(name, **options.get(name, {})) for name in opts.to]
     if opts.integer_io and "tflite" not in opts.to:
         raise UsageError("--integer-io applies to the tflite backend; add tflite to --to")
-    if opts.torch_gemm != "auto" and "torch" not in opts.to:
-        raise UsageError("--torch-gemm applies to the torch backend; add torch to --to")
+    if opts.torch_gemm != "auto" and not {"torch", "torch-aoti"} & set(opts.to):
+        raise UsageError("--torch-gemm applies to the torch backends; add torch or torch-aoti to --to")
     if opts.onnx_linears != "integer" and "onnx" not in opts.to:
         raise UsageError("--onnx-linears applies to the onnx backend; add onnx to --to")
     plan = recipe_plan(targets, opts.recipe or (NPU_RECIPE if opts.device == "npu" else None))
@@ -179,6 +179,7 @@ def backend_options(opts: ConvertOptions) -> dict[str, dict[str, Any]]:
     return {
         "tflite": {"integer_io": opts.integer_io},
         "torch": {"gemm": opts.torch_gemm},
+        "torch-aoti": {"gemm": opts.torch_gemm},
         "onnx": {"integer_linears": opts.onnx_linears == "integer"},
     }
 

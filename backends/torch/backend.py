@@ -44,6 +44,22 @@ class TorchBackend:
     def lower(self, graph: Graph, path: Path) -> dict[str, Any]:
         import torch
 
+        program, gemm, integer = self.export(graph)
+        buffer = io.BytesIO()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.export.save(program, buffer)
+        write_bytes(Path(path), buffer.getvalue())
+        facts: dict[str, Any] = {"torch_version": torch.__version__.split("+")[0], "gemm": gemm}
+        if integer:
+            facts["notes"] = [_gemm_note(gemm, self.gemm)]
+        return facts
+
+    def export(self, graph: Graph) -> tuple[Any, str, bool]:
+        """(the ``torch.export`` program of ``graph``, the GEMM it uses, whether it has integer
+        Linears); batch and sequence dynamic."""
+        import torch
+
         from qexport.backends.torch.module import IRModule
 
         self.check(graph)
@@ -67,18 +83,12 @@ class TorchBackend:
                 program = torch.export.export(module, (), example, dynamic_shapes=dynamic)
             except Exception as exc:  # torch raises many types
                 raise QExportError(
-                    f"torch backend: torch.export failed ({type(exc).__name__}: "
+                    f"{self.name} backend: torch.export failed ({type(exc).__name__}: "
                     f"{str(exc).splitlines()[0][:200] if str(exc) else ''})"
                 ) from None
-            for node in program.graph.nodes:  # source lines of this install: not part of the artifact
-                node.meta.pop("stack_trace", None)
-            buffer = io.BytesIO()
-            torch.export.save(program, buffer)
-        write_bytes(Path(path), buffer.getvalue())
-        facts: dict[str, Any] = {"torch_version": torch.__version__.split("+")[0], "gemm": gemm}
-        if module.integer_inputs:
-            facts["notes"] = [_gemm_note(gemm, self.gemm)]
-        return facts
+        for node in program.graph.nodes:  # source lines of this install: not part of the artifact
+            node.meta.pop("stack_trace", None)
+        return program, gemm, bool(module.integer_inputs)
 
     def load(self, path: Path) -> Any:
         import torch
