@@ -199,37 +199,23 @@ def main() -> None:
                     "sqnr_vs_ir_db": parity(run["pooled"], sim)["sqnr_db"],
                 }
             )
-        if recipe in ("fp32", "int8", "dynamic"):
-            t = time.perf_counter()
-            pt2 = work / f"qexport_{recipe}.pt2"
-            get("torch").lower(q, pt2)
-            result["pipeline"][f"lower torch[{recipe}]"] = {
-                "seconds": round(time.perf_counter() - t, 2),
-                "peak_rss_mb": peak_rss_mb(),
-            }
-            run = peers.torch_program(pt2, held_out, one)
-            result["rows"].append(
-                {
-                    "tool": f"qexport {recipe} (.pt2)",
-                    "runtime": "torch",
-                    "bytes": run["bytes"],
-                    "_call": run["call"],
-                    **parity(run["pooled"], ref),
-                    "sqnr_vs_ir_db": parity(run["pooled"], sim)["sqnr_db"],
-                }
-            )
+        torch_files = (
+            [("torch", ".pt2", peers.torch_program)] if recipe in ("fp32", "int8", "dynamic") else []
+        )
         if recipe in ("fp32", "int8") and aoti.compiler() is not None:
+            torch_files.append(("torch-aoti", ".aoti.pt2", peers.torch_aoti_package))
+        for backend, suffix, load in torch_files:
             t = time.perf_counter()
-            package = work / f"qexport_{recipe}.aoti.pt2"
-            get("torch-aoti").lower(q, package)
-            result["pipeline"][f"lower torch-aoti[{recipe}]"] = {
+            path = work / f"qexport_{recipe}{suffix}"
+            get(backend).lower(q, path)
+            result["pipeline"][f"lower {backend}[{recipe}]"] = {
                 "seconds": round(time.perf_counter() - t, 2),
                 "peak_rss_mb": peak_rss_mb(),
             }
-            run = peers.torch_aoti_package(package, held_out, one)
+            run = load(path, held_out, one)
             result["rows"].append(
                 {
-                    "tool": f"qexport {recipe} (.aoti.pt2)",
+                    "tool": f"qexport {recipe} ({suffix})",
                     "runtime": "torch",
                     "bytes": run["bytes"],
                     "_call": run["call"],
