@@ -66,13 +66,19 @@ def quantize(
     if spec.needs_calibration or spec.learn:
         length = seq_len or int(graph.metadata.get("capture", {}).get("seq_len", 128))
         calib = load_calibration(
-            graph, calibration, seq_len=length, tokenizer_dir=Path(tokenizer) if tokenizer else None
+            graph,
+            calibration,
+            seq_len=length,
+            tokenizer_dir=Path(tokenizer) if tokenizer else None,
+            learning=spec.learn,
         )
-    quantized = quantize_graph(graph, spec, calib)
     if spec.learn:
+        from qexport.learn import for_ranges
         from qexport.learn import learn as learn_params
 
-        quantized = learn_params(graph, quantized, spec, calib)
+        quantized = learn_params(graph, quantize_graph(graph, spec, for_ranges(calib)), spec, calib)
+    else:
+        quantized = quantize_graph(graph, spec, calib)
     return quantized
 
 

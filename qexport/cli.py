@@ -183,10 +183,11 @@ def convert_cmd(
         bool,
         typer.Option(
             "--learn",
-            help="Learn the weight rounding from the calibration data (GPTQ: each int8 Linear weight "
-            "rounded so that its layer's outputs on that data stay closest to float). Same recipe, same "
-            "scales, same backends, --for npu too; +1.6 dB on MiniLM int8, +2.1 dB with --for npu, "
-            "~15 s on 2 cores (docs/learning.md).",
+            help="Learn the quantization from the calibration data against the float model: GPTQ "
+            "weight rounding, then (static recipes) each encoder layer fitted in turn to the float "
+            "layer's output. Same recipe, same scales, same backends, --for npu too. Wants thousands "
+            "of examples (without --calib: 2561 built-in sentences); MiniLM int8 24.2 -> 28.0 dB on 3219 sentences, "
+            "~5 min on 2 cores (docs/learning.md).",
         ),
     ] = False,
     strict_params: Annotated[

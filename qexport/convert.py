@@ -233,6 +233,7 @@ def _quantize(captured: Any, recipes: list[str], opts: ConvertOptions, step: Ste
             opts.calib if opts.calib is None else Path(opts.calib),
             seq_len=opts.seq_len,
             tokenizer_dir=tokenizer,
+            learning=any(opts.learn or resolve(r).learn for r in recipes),
         )
         for warning in calib.warnings:
             graph.metadata.setdefault("notes", []).append(warning)
@@ -240,6 +241,10 @@ def _quantize(captured: Any, recipes: list[str], opts: ConvertOptions, step: Ste
     for name in recipes:
         recipe = learned_recipe(name) if opts.learn else resolve(name)
         used = calib if recipe.needs_calibration else None
+        if recipe.learn:
+            from qexport.learn import for_ranges
+
+            used = for_ranges(used)
         with step(
             f"quantizing with recipe {recipe.name!r}"
             + (f" ({used.size} calibration samples)" if used else "")

@@ -70,7 +70,7 @@ def test_gptq_rounding_beats_nearest_on_correlated_inputs():
 def test_learned_ir_is_the_same_recipe_within_backend_constraints(tiny_learned):
     plain, learned = tiny_learned
     assert learned.metadata["recipe"]["name"] == "int8" and learned.metadata["recipe"]["learn"] is True
-    assert learned.metadata["learned"]["methods"][-1] == "GPTQ weight rounding"
+    assert learned.metadata["learned"]["methods"][-2:] == ["GPTQ weight rounding", "layer reconstruction"]
     assert set(learned.quant) == set(plain.quant)
     assert [n.op for n in learned.nodes] == [n.op for n in plain.nodes]
     changed = 0
@@ -90,6 +90,9 @@ def test_learning_never_hands_back_params_worse_on_the_calibration_data(tiny, ti
     """A random-init BERT has no outliers (44 dB before learning): distillation must not make it worse."""
     facts = tiny_learned[1].metadata["learned"]
     assert facts["loss_after"] < facts["loss_before"] or facts["kept"] == "initial"
+    assert [layer["layer"] for layer in facts["layers"]] == ["encoder.layer.0", "encoder.layer.1"]
+    for layer in facts["layers"]:  # a layer keeps what it learned only if its loss fell
+        assert layer["loss_after"] < layer["loss_before"] or not layer["kept"]
 
 
 def test_learning_is_deterministic(tiny, tiny_learned, tmp_path):
@@ -132,6 +135,24 @@ def test_recipes_that_cannot_learn_say_so():
         replace(resolve("fp32"), learn=True)
 
 
+def test_layer_epochs_are_bounded():
+    with pytest.raises(RecipeError, match="learn_layer_epochs"):
+        replace(resolve("int8"), learn=True, learn_layer_epochs=-1)
+
+
+def test_learning_on_little_data_warns_and_the_default_text_is_large(tiny):
+    from qexport.quant.calibration import LEARN_ENOUGH, load_calibration
+
+    graph, calib, _ = tiny
+    small = load_calibration(graph, calib, seq_len=32, tokenizer_dir=None, learning=True)
+    assert any("--learn on 48 calibration samples" in w for w in small.warnings)
+    assert not load_calibration(graph, calib, seq_len=32, tokenizer_dir=None).warnings
+    from qexport.frontend.text import read_lines
+    from qexport.quant.calibration import LEARN_TEXT
+
+    assert len(read_lines(LEARN_TEXT)) >= 2 * LEARN_ENOUGH
+
+
 def test_cli_refuses_learn_with_nothing_to_learn(tiny_model_dirs, tmp_path):
     out = tmp_path / "out"
     result = run_cli(
@@ -171,18 +192,21 @@ def test_full_integer_recipes_learn_their_weight_rounding(tiny, tmp_path):
 
 
 def test_minilm_int8_learn_gains_on_held_out_sentences(minilm, docstring_texts, minilm_int8):
-    """The real model gains on held-out sentences (benchmarks/results/learn.md: all 200)."""
+    """The real model, learned as `qexport --learn` learns it without --calib (the built-in
+    learning text), gains on held-out sentences (benchmarks/results/learn.md: all 200)."""
     from benchmarks.measure import parity, pooled
 
     graph = minilm[0].graph
-    calib, held = docstring_texts
+    _, held = docstring_texts
     held = {k: v[:64] for k, v in held.items()}
     start = time.monotonic()
-    learned = qexport.quantize(graph, "int8", calib, learn=True)
+    learned = qexport.quantize(graph, "int8", learn=True, tokenizer=minilm[0].source.tokenizer_dir)
     assert time.monotonic() - start < 600
+    facts = learned.metadata["learned"]
+    assert facts["samples"] == 2561 and facts["methods"][-1] == "layer reconstruction"
     mask = held["attention_mask"]
     fp32 = pooled(run(graph, held, simulate=False)["last_hidden_state"], mask)
     before = parity(pooled(run(minilm_int8, held)["last_hidden_state"], mask), fp32)
     after = parity(pooled(run(learned, held)["last_hidden_state"], mask), fp32)
-    assert after["sqnr_db"] >= before["sqnr_db"] + 1.0
-    assert after["cos_mean"] > before["cos_mean"]
+    assert after["sqnr_db"] >= before["sqnr_db"] + 2.5
+    assert after["cos_mean"] >= 0.999

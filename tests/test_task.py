@@ -27,3 +27,17 @@ def test_the_head_separates_separable_classes_and_is_deterministic():
     head = train_head(x, y, 5)
     assert top1(head, x, y) == 100.0
     assert np.array_equal(head, train_head(x, y, 5))
+
+
+def test_the_learning_text_holds_no_held_out_or_task_test_sentence():
+    from pathlib import Path
+
+    from benchmarks.learn import learn_text
+    from qexport.frontend.text import read_lines
+
+    doc = read_lines(Path(__file__).resolve().parents[1] / "fixtures" / "docstring_sentences.txt")
+    texts, _, test, _ = load_task(set(doc[:128]))
+    text = learn_text()
+    assert text[:128] == doc[:128] and len(text) > 3000
+    assert not set(text) & set(doc[128:])  # the sentences every benchmark and test evaluates on
+    assert not set(text) & {t for t, is_test in zip(texts, test, strict=True) if is_test}

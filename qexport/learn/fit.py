@@ -42,7 +42,7 @@ def _targets(graph: Graph, quantized: Graph) -> list[str]:
     ]
 
 
-def _loss(
+def distill_loss(
     student: dict[str, torch.Tensor], teacher: dict[str, torch.Tensor], mask: torch.Tensor | None
 ) -> torch.Tensor:
     total = torch.zeros(())
@@ -56,6 +56,14 @@ def _loss(
             diff, energy = diff * keep, energy * keep
         total = total + diff.sum() / energy.sum().clamp_min(1e-30)
     return total
+
+
+def ordered_by_length(calib: CalibrationSet) -> CalibrationSet:
+    """The samples sorted by their attention mask's length (stable), so a batch pads little."""
+    if "attention_mask" not in calib.inputs:
+        return calib
+    order = np.argsort(calib.inputs["attention_mask"].sum(1), kind="stable")
+    return CalibrationSet({k: v[order] for k, v in calib.inputs.items()}, calib.origin)
 
 
 def learn_static(
@@ -73,17 +81,9 @@ def learn_static(
     student = LearnableGraph(float_graph, quantized)
     teacher = LearnableGraph(float_graph, float_graph)
     targets = _targets(float_graph, quantized)
-    order = (
-        np.argsort(calib.inputs["attention_mask"].sum(1), kind="stable")
-        if "attention_mask" in calib.inputs
-        else None
-    )
-    ordered = CalibrationSet(
-        {k: v[order] for k, v in calib.inputs.items()} if order is not None else calib.inputs, calib.origin
-    )
     data = []
     with torch.no_grad():
-        for batch in calibration_batches(float_graph, ordered, BATCH):
+        for batch in calibration_batches(float_graph, ordered_by_length(calib), BATCH):
             inputs = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in batch.items()}
             mask = inputs["attention_mask"].float() if "attention_mask" in inputs else None
             data.append((inputs, mask, teacher(inputs, keep=targets)))
@@ -98,13 +98,15 @@ def learn_static(
 
     def measured() -> float:
         with torch.no_grad():
-            return sum(float(_loss(student(x, keep=targets), ref, m)) for x, m, ref in data) / len(data)
+            return sum(float(distill_loss(student(x, keep=targets), ref, m)) for x, m, ref in data) / len(
+                data
+            )
 
     before = measured()
     for epoch in range(epochs):
         for index in rng.permutation(len(data)):
             inputs, mask, reference = data[index]
-            loss = _loss(student(inputs, keep=targets), reference, mask)
+            loss = distill_loss(student(inputs, keep=targets), reference, mask)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()

@@ -20,26 +20,26 @@ import numpy as np
 import torch
 
 from qexport.ir.arith import dequantize
-from qexport.ir.graph import Graph, QDType, QuantSpec
+from qexport.ir.graph import Graph, Node, QDType, QuantSpec
 from qexport.ir.ops import Op
 from qexport.ir.symbols import bind
 from qexport.learn.kernels import TORCH_KERNELS
 from qexport.quant.gptq import rounded_linears
 
 
-def _round(x: torch.Tensor) -> torch.Tensor:
+def ste_round(x: torch.Tensor) -> torch.Tensor:
     """Round half to even forward, identity backward."""
     return x + (torch.round(x) - x).detach()
 
 
-def _fixed_fake_quant(x: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
+def fixed_fake_quant(x: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
     """A spec that is not learned (per-channel outputs, ...): dequantize(quantize(x))."""
     shape = [1] * x.ndim
     scale, zero = torch.from_numpy(spec.scale), torch.from_numpy(spec.zero_point.astype(np.float32))
     if spec.axis is not None:
         shape[spec.axis] = -1
         scale, zero = scale.reshape(shape), zero.reshape(shape)
-    q = torch.clamp(_round(x / scale) + zero, spec.dtype.qmin, spec.dtype.qmax)
+    q = torch.clamp(ste_round(x / scale) + zero, spec.dtype.qmin, spec.dtype.qmax)
     return (q - zero) * scale
 
 
@@ -110,7 +110,7 @@ class LearnableGraph(torch.nn.Module):
         if inv is not None:
             weight = weight * torch.exp(self.smooth[self._keys[inv]])[None, :]
         scale = weight.detach().abs().amax(1, keepdim=True).clamp_min(1e-30) / 127
-        return torch.clamp(_round(weight / scale), -127, 127) * scale
+        return torch.clamp(ste_round(weight / scale), -127, 127) * scale
 
     def activation_range(self, name: str) -> tuple[float, float]:
         lo, hi = self.ranges[self._keys[name]].detach().tolist()
@@ -122,10 +122,10 @@ class LearnableGraph(torch.nn.Module):
         lo, hi = torch.clamp(lo, max=0.0), torch.clamp(hi, min=0.0)
         if dtype is QDType.INT16:
             scale = torch.maximum(-lo, hi).clamp_min(1e-30) / dtype.qmax
-            return torch.clamp(_round(x / scale), dtype.qmin, dtype.qmax) * scale
+            return torch.clamp(ste_round(x / scale), dtype.qmin, dtype.qmax) * scale
         scale = (hi - lo).clamp_min(1e-30) / (dtype.qmax - dtype.qmin)
-        zero = torch.clamp(_round(dtype.qmin - lo / scale), dtype.qmin, dtype.qmax)
-        return (torch.clamp(_round(x / scale) + zero, dtype.qmin, dtype.qmax) - zero) * scale
+        zero = torch.clamp(ste_round(dtype.qmin - lo / scale), dtype.qmin, dtype.qmax)
+        return (torch.clamp(ste_round(x / scale) + zero, dtype.qmin, dtype.qmax) - zero) * scale
 
     def _read(self, name: str, env: Mapping[str, torch.Tensor]) -> torch.Tensor:
         if name in env:
@@ -136,24 +136,34 @@ class LearnableGraph(torch.nn.Module):
             return self.inv_smooth(name)
         return self.constants[name]
 
-    def forward(
-        self, inputs: Mapping[str, torch.Tensor], keep: Iterable[str] = ()
-    ) -> dict[str, torch.Tensor]:
-        graph = self.graph
-        dims = bind(
-            [(n, info.shape) for n, info in graph.inputs.items()],
+    def dims(self, inputs: Mapping[str, torch.Tensor]) -> dict[str, int]:
+        """The graph's symbolic dims bound from the shapes of ``inputs``."""
+        return bind(
+            [(n, info.shape) for n, info in self.graph.inputs.items()],
             {n: tuple(a.shape) for n, a in inputs.items()},
         )
-        env = dict(inputs)
-        for node in graph.nodes:
+
+    def run_nodes(
+        self, nodes: Iterable[Node], env: dict[str, torch.Tensor], dims: Mapping[str, int]
+    ) -> dict[str, torch.Tensor]:
+        """Run ``nodes`` in order on ``env`` (values by name), adding their outputs to it."""
+        for node in nodes:
             args = [self._read(i, env) if i else None for i in node.inputs]
             y = TORCH_KERNELS[node.op](args, node.attrs, dims)
             out = node.outputs[0]
             if out in self.range_dtypes:
                 y = self._fake_quant(y, out)
             elif out in self.fixed_specs:
-                y = _fixed_fake_quant(y, self.fixed_specs[out])
+                y = fixed_fake_quant(y, self.fixed_specs[out])
             env[out] = y
+        return env
+
+    def forward(
+        self, inputs: Mapping[str, torch.Tensor], keep: Iterable[str] = ()
+    ) -> dict[str, torch.Tensor]:
+        graph = self.graph
+        dims = self.dims(inputs)
+        env = self.run_nodes(graph.nodes, dict(inputs), dims)
         result = {k: env[v] for k, v in graph.outputs.items()}
         result.update({name: env[name] for name in keep})
         return result

@@ -1,7 +1,8 @@
 """Calibration data: resolve what the user gave into model inputs, then observe activations.
 
 Data comes from a text file (tokenized with the model's tokenizer), an ``.npz`` of named
-arrays, a dict of arrays, or — when nothing is given — the built-in sentences with a warning.
+arrays, a dict of arrays, or — when nothing is given — the built-in sentences with a warning
+(for ``--learn``, the larger built-in learning text: fitting weights needs thousands of samples).
 Observers see real activations: infinities (attention masks) are ignored, NaN is an error.
 """
 
@@ -21,6 +22,9 @@ from qexport.ir.inputs import complete_inputs
 from qexport.reference.executor import run
 
 FALLBACK_TEXT = Path(__file__).resolve().parents[1] / "data" / "calibration_sentences.txt"
+# 2561 standard-library docstring sentences (scripts/harvest_sentences.py --learn)
+LEARN_TEXT = Path(__file__).resolve().parents[1] / "data" / "learn_sentences.txt"
+LEARN_ENOUGH = 1000  # below this many samples, --learn fits MiniLM's layers to them (docs/learning.md)
 
 
 class CalibrationError(QExportError):
@@ -38,6 +42,12 @@ class CalibrationSet:
     @property
     def size(self) -> int:
         return len(next(iter(self.inputs.values())))
+
+    def head(self, count: int) -> CalibrationSet:
+        """The first ``count`` samples (all of them if there are fewer)."""
+        if self.size <= count:
+            return self
+        return CalibrationSet({k: v[:count] for k, v in self.inputs.items()}, self.origin, self.warnings)
 
     @property
     def fingerprint(self) -> str:
@@ -80,8 +90,27 @@ def load_calibration(
     *,
     seq_len: int,
     tokenizer_dir: Path | None,
+    learning: bool = False,
 ) -> CalibrationSet:
-    """Resolve ``data`` into a CalibrationSet (see module docstring)."""
+    """Resolve ``data`` into a CalibrationSet (see module docstring); ``learning``: the set is
+    also what ``--learn`` fits to (another default text, and a warning when it is small)."""
+    calib = _resolve(graph, data, seq_len=seq_len, tokenizer_dir=tokenizer_dir, learning=learning)
+    if learning and calib.size < LEARN_ENOUGH:
+        calib.warnings.append(
+            f"--learn on {calib.size} calibration samples can fit them rather than the model; "
+            f"give at least {LEARN_ENOUGH} representative examples"
+        )
+    return calib
+
+
+def _resolve(
+    graph: Graph,
+    data: str | Path | Mapping[str, np.ndarray] | None,
+    *,
+    seq_len: int,
+    tokenizer_dir: Path | None,
+    learning: bool,
+) -> CalibrationSet:
     if isinstance(data, Mapping):
         return CalibrationSet(check_arrays(graph, data, "calibration arrays"), "arrays")
     warnings: list[str] = []
@@ -92,9 +121,9 @@ def load_calibration(
             ["no --calib and no tokenizer: calibrated on random token ids; give representative data"],
         )
     if data is None:
-        path = FALLBACK_TEXT
+        path = LEARN_TEXT if learning else FALLBACK_TEXT
         warnings.append(
-            "no --calib given: calibrated on qexport's built-in sentences; "
+            f"no --calib given: {'learned' if learning else 'calibrated'} on qexport's built-in sentences; "
             "give representative data for best accuracy"
         )
     else:

@@ -82,7 +82,9 @@ class Recipe:
       The result is an IR of the same recipe with different integers. ``learn_epochs > 0``
       (static recipes, experimental) first learns the smoothing scales and activation ranges by
       distillation (batch order from ``learn_seed``); on MiniLM its files are only ~30 dB from
-      their IR, not 40, so it is off by default.
+      their IR, not 40, so it is off by default. ``learn_layer_epochs`` (static recipes, default
+      2; 0 turns it off) then fits each encoder layer in turn to the float layer's output
+      (its weight integers, biases and activation ranges; ``qexport.learn.blocks``).
     """
 
     name: str = "custom"
@@ -104,6 +106,7 @@ class Recipe:
     auto_int8_db: float | None = None
     learn: bool = False
     learn_epochs: int = 0
+    learn_layer_epochs: int = 2
     learn_seed: int = 0
 
     def __post_init__(self) -> None:
@@ -161,6 +164,8 @@ class Recipe:
             )
         if not 0 <= self.learn_epochs <= 1000:
             raise RecipeError("learn_epochs must be within [0, 1000]")
+        if not 0 <= self.learn_layer_epochs <= 1000:
+            raise RecipeError("learn_layer_epochs must be within [0, 1000]")
 
     @property
     def quantizes_activations(self) -> bool:
@@ -269,6 +274,7 @@ def from_dict(doc: Any, where: str = "recipe") -> Recipe:
         "auto_int8_db": (int, float, type(None)),
         "learn": bool,
         "learn_epochs": int,
+        "learn_layer_epochs": int,
         "learn_seed": int,
     }
     for key, value in doc.items():
