@@ -25,7 +25,17 @@ import numpy as np
 from benchmarks.measure import minilm_texts, parity, pooled, write_results
 
 ROOT = Path(__file__).resolve().parents[1]
-RECIPES = ("int8", "int8-mixed", "int8-full", "int16x8", "dynamic", "weight-only")
+RECIPES = (
+    "int8",
+    "int8-mixed",
+    "int8-full",
+    "int16x8",
+    "dynamic",
+    "weight-only",
+    "npu-int16",
+    "npu-mixed",
+    "npu-int8",
+)
 BACKENDS = ("onnx", "tflite", "torch")
 HELD_OUT = 200
 

@@ -28,7 +28,17 @@ from benchmarks.measure import minilm_texts, pooled, write_results
 
 ROOT = Path(__file__).resolve().parents[1]
 TASK = ROOT / "fixtures" / "docstring_modules.tsv"
-RECIPES = ("int8", "int8-mixed", "int8-full", "int16x8", "dynamic", "weight-only")
+RECIPES = (
+    "int8",
+    "int8-mixed",
+    "int8-full",
+    "int16x8",
+    "dynamic",
+    "weight-only",
+    "npu-int16",
+    "npu-mixed",
+    "npu-int8",
+)
 BACKENDS = ("onnx", "tflite", "torch")
 
 

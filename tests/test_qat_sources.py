@@ -202,7 +202,8 @@ def test_minilm_qat_state_dict(minilm_dir, sentence_inputs, tmp_path):
         rows = [backend.run(file, {k: v[i : i + 1] for k, v in inputs.items()}) for i in range(4)]
         got = {k: np.concatenate([r[k] for r in rows]) for k in OUTPUTS}
         for k in OUTPUTS:
-            # TFLite: 200 dB on the AMD EPYCs, but 20.5 dB on an AMX Xeon (2026-12-06), not yet
-            # explained; this collapsed model amplifies any float-kernel ulp (see above).
+            # TFLite: 200 dB on the AMD EPYCs, 20.5 dB on an AMX Xeon: the float islands
+            # (softmax, attention matmuls) differ from the reference by ulps on that CPU and this
+            # collapsed model grows each flipped rounding (bisected in docs/capture.md).
             floor = 15 if backend.name == "tflite" else 40
             assert sqnr_db(got[k], simulated[k], mask) >= floor, (backend.name, k)
