@@ -24,22 +24,11 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.learn import BACKENDS, RECIPES  # the same recipes and files as the SQNR table
 from benchmarks.measure import minilm_texts, pooled, write_results
 
 ROOT = Path(__file__).resolve().parents[1]
 TASK = ROOT / "fixtures" / "docstring_modules.tsv"
-RECIPES = (
-    "int8",
-    "int8-mixed",
-    "int8-full",
-    "int16x8",
-    "dynamic",
-    "weight-only",
-    "npu-int16",
-    "npu-mixed",
-    "npu-int8",
-)
-BACKENDS = ("onnx", "tflite", "torch")
 
 
 def load_task(exclude: set[str] = frozenset()) -> tuple[list[str], np.ndarray, np.ndarray, list[str]]:
