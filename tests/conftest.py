@@ -118,6 +118,22 @@ def minilm_int8(minilm, docstring_texts):
 
 
 @pytest.fixture(scope="session")
+def fp32_pooled(minilm, docstring_texts):
+    """The fp32 graph's mean-pooled outputs on the 200 held-out sentences, computed once."""
+    from tests.test_quantize_minilm import pooled_outputs
+
+    return pooled_outputs(minilm[0].graph, docstring_texts[1], simulate=False)
+
+
+@pytest.fixture(scope="session")
+def int8_pooled(minilm_int8, docstring_texts):
+    """The int8 IR's simulated mean-pooled outputs on the same sentences, computed once."""
+    from tests.test_quantize_minilm import pooled_outputs
+
+    return pooled_outputs(minilm_int8, docstring_texts[1])
+
+
+@pytest.fixture(scope="session")
 def minilm_int8_file(minilm_int8, tmp_path_factory):
     """``lowered(backend) -> (path, facts)``: MiniLM int8 written once per backend per session."""
     from qexport.backends import get

@@ -15,7 +15,7 @@ import qexport
 from qexport.backends import get
 from qexport.errors import LoweringError, QExportError
 from qexport.ir.ops import Op
-from tests.test_quantize_minilm import parity, pooled_outputs
+from tests.test_quantize_minilm import parity
 
 BACKENDS = ("onnx", "tflite", "torch")
 TABLES = {
@@ -92,12 +92,13 @@ def test_linear_integers_and_scales_are_the_irs_bit_for_bit(name, minilm_int8_fi
 
 
 @pytest.mark.parametrize("name", BACKENDS)
-def test_parity_with_ir_simulation_and_fp32(name, minilm_int8_file, minilm, minilm_int8, docstring_texts):
-    held_out = docstring_texts[1]
-    ours = _pooled(name, minilm_int8_file(name)[0], held_out)
-    cos_mean, cos_min, sqnr = parity(ours, pooled_outputs(minilm[0].graph, held_out, simulate=False))
+def test_parity_with_ir_simulation_and_fp32(
+    name, minilm_int8_file, fp32_pooled, int8_pooled, docstring_texts
+):
+    ours = _pooled(name, minilm_int8_file(name)[0], docstring_texts[1])
+    cos_mean, cos_min, sqnr = parity(ours, fp32_pooled)
     assert cos_mean >= 0.998 and cos_min >= 0.99 and sqnr >= 24.0, (cos_mean, cos_min, sqnr)
-    assert parity(ours, pooled_outputs(minilm_int8, held_out))[2] >= MIN_DB_VS_IR[name]
+    assert parity(ours, int8_pooled)[2] >= MIN_DB_VS_IR[name]
 
 
 @pytest.mark.parametrize("name", BACKENDS)
