@@ -8,13 +8,15 @@ sentence of each module is held out for testing (calibration sentences are kept 
 test split); a softmax-regression head on the L2-normalised mean-pooled embedding is trained
 once on fp32 features of the rest, then every artifact's test features go through that head.
 
-    python -m benchmarks.task            # ~25 min on 2 cores
+    python -m benchmarks.task                      # every recipe, ~8 min each on 2 cores
+    python -m benchmarks.task int16x8 npu-int8     # only these rows, merged into the last results
 
-Writes benchmarks/results/task.{json,md}.
+Writes benchmarks/results/task.{json,md}; ``runs`` in the JSON says which run measured which rows.
 """
 
 from __future__ import annotations
 
+import json
 import sys
 import tempfile
 import time
@@ -75,7 +77,7 @@ def top1(head: np.ndarray, x: np.ndarray, y: np.ndarray) -> float:
     return round(100.0 * float(np.mean(predict(head, x) == y)), 2)
 
 
-def run() -> dict[str, Any]:
+def run(recipes: tuple[str, ...] = RECIPES) -> dict[str, Any]:
     import qexport
     from benchmarks.learn import learn_text
     from qexport import backends
@@ -87,6 +89,7 @@ def run() -> dict[str, Any]:
     from qexport.quant.recipe import resolve
     from qexport.reference.executor import run as reference
 
+    started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     model_dir, calib_inputs, _ = minilm_texts(1)
     calibration_text = set(read_lines(ROOT / "fixtures" / "docstring_sentences.txt")[:128])
     texts, labels, test, classes = load_task(calibration_text)
@@ -122,7 +125,7 @@ def run() -> dict[str, Any]:
         {"recipe": "fp32", "learn": False, "file": "IR (float)", **scores(fp32_test)}
     ]
     print(f"fp32: {rows[-1]['top1']} % (train {top1(head, fp32_train, labels[~test])} %)", file=sys.stderr)
-    for name in RECIPES:
+    for name in recipes:
         recipe = resolve(name)
         plain = quantize_graph(graph, recipe, calib)
         start = time.monotonic()
@@ -151,8 +154,14 @@ def run() -> dict[str, Any]:
                         result = {"top1": f"{type(exc).__name__}: {str(exc).splitlines()[0][:120]}"}
                     rows.append({"recipe": name, "learn": flag, "file": target, **result})
                     print(rows[-1], file=sys.stderr, flush=True)
+    run_facts = {
+        "started": started,
+        "ended": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "recipes": list(recipes),
+    }
     return {
         "cpu": (cpuinfo() or {}).get("model name", "unknown"),
+        "runs": [run_facts],
         "task": {
             "classes": len(classes),
             "train": int((~test).sum()),
@@ -195,11 +204,41 @@ def to_markdown(result: dict[str, Any]) -> str:
     for (recipe, flag), files in table.items():
         cells = [cell(files.get(k)) for k in ("IR (simulated)", *BACKENDS)]
         lines.append(f"| {recipe} | {'yes' if flag else 'no'} | " + " | ".join(cells) + " |")
+    lines.append("")
+    for facts in result.get("runs", []):
+        lines.append(
+            f"- {facts['started']} – {facts['ended']}: {', '.join(facts['recipes'])}"
+            + (f" ({facts['note']})" if facts.get("note") else "")
+        )
     return "\n".join(lines) + "\n"
 
 
+def merge(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """``old`` with the rows of ``new``'s recipes replaced (same CPU, same task, same fp32)."""
+    for key in ("cpu", "task"):
+        if old.get(key) != new[key]:
+            raise SystemExit(f"the last results were taken with another {key}; run every recipe")
+    fp32 = [r for r in new["rows"] if r["recipe"] == "fp32"]
+    if [r for r in old["rows"] if r["recipe"] == "fp32"] != fp32:
+        raise SystemExit("fp32's accuracy differs from the last results'; run every recipe")
+    measured = set(new["runs"][0]["recipes"])
+    rows = fp32 + [
+        r for name in RECIPES for r in (new if name in measured else old)["rows"] if r["recipe"] == name
+    ]
+    return {**old, "rows": rows, "runs": [*old.get("runs", []), *new["runs"]]}
+
+
 def main() -> None:
-    result = run()
+    wanted = tuple(sys.argv[1:])
+    unknown = [name for name in wanted if name not in RECIPES]
+    if unknown:
+        raise SystemExit(
+            f"unknown recipe {', '.join(unknown)}; the benchmark's recipes: {', '.join(RECIPES)}"
+        )
+    result = run(wanted or RECIPES)
+    if wanted:
+        last = Path(__file__).parent / "results" / "task.json"
+        result = merge(json.loads(last.read_text()), result)
     write_results("task", result, to_markdown(result))
 
 
