@@ -168,7 +168,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--samples", type=int, default=32)
     args = parser.parse_args()
-    from benchmarks.run import cpu_description
+    from benchmarks.measure import cpu_description
 
     model_dir, calib, held_out = minilm_texts(args.samples)
     result = section(model_dir, calib, held_out, Path(tempfile.mkdtemp(prefix="qexport-et-")))

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.measure import minilm_texts, parity, pooled, write_results
+from benchmarks.measure import cpu_description, minilm_texts, parity, pooled, write_results
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = (
@@ -60,7 +60,6 @@ def learn_text() -> list[str]:
 def run(samples: int = HELD_OUT) -> dict[str, Any]:
     import qexport
     from qexport import backends
-    from qexport.backends.cpu import cpuinfo
     from qexport.frontend.text import tokenize
     from qexport.learn import for_ranges, learn
     from qexport.quant.calibration import load_calibration
@@ -122,7 +121,7 @@ def run(samples: int = HELD_OUT) -> dict[str, Any]:
                     )
                     print(f"  {target}: {files[-1]}", file=sys.stderr, flush=True)
     return {
-        "cpu": (cpuinfo() or {}).get("model name", "unknown"),
+        "cpu": cpu_description(),
         "held_out": samples,
         "calibration": 128,
         "learn_calibration": len(text),

@@ -90,6 +90,20 @@ def minilm_texts(samples: int) -> tuple[Path, dict[str, np.ndarray], dict[str, n
     )
 
 
+def cpu_description() -> str:
+    """CPU model and the int8 dot-product extensions that decide which integer kernels run."""
+    import platform
+
+    from qexport.backends.cpu import cpuinfo
+
+    info = cpuinfo()
+    if info is None:
+        return platform.machine()
+    model, flags = info.get("model name", ""), info.get("flags", "").split()
+    wanted = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")
+    return f"{model} ({', '.join(f for f in wanted if f in flags) or 'no AVX2'})"
+
+
 def write_results(stem: str, result: dict, markdown: str) -> None:
     """``benchmarks/results/<stem>.json`` and ``.md`` of a standalone section; prints the table."""
     import json

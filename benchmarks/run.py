@@ -24,25 +24,14 @@ from typing import Any
 import numpy as np
 
 from benchmarks import executorch, gates, htp, npu, peers
-from benchmarks.measure import interleaved_latency, parity, peak_rss_mb, pooled, ratio
+from benchmarks.measure import cpu_description, interleaved_latency, parity, peak_rss_mb, pooled, ratio
 from benchmarks.noise_floor import float_ulp_floor
-from qexport.backends.cpu import cpuinfo
 from qexport.backends.onnx.backend import OnnxBackend
 from qexport.backends.onnx.cpu import session_config
 from qexport.backends.torch import aoti
 from qexport.backends.torch.gemm import resolve_gemm
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def cpu_description() -> str:
-    """CPU model and the int8 dot-product extensions that decide which integer kernels run."""
-    info = cpuinfo()
-    if info is None:
-        return platform.machine()
-    model, flags = info.get("model name", ""), info.get("flags", "").split()
-    wanted = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")
-    return f"{model} ({', '.join(f for f in wanted if f in flags) or 'no AVX2'})"
 
 
 def main() -> None:

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.learn import BACKENDS, RECIPES  # the same recipes and files as the SQNR table
-from benchmarks.measure import minilm_texts, pooled, write_results
+from benchmarks.measure import cpu_description, minilm_texts, pooled, write_results
 
 ROOT = Path(__file__).resolve().parents[1]
 TASK = ROOT / "fixtures" / "docstring_modules.tsv"
@@ -81,7 +81,6 @@ def run(recipes: tuple[str, ...] = RECIPES) -> dict[str, Any]:
     import qexport
     from benchmarks.learn import learn_text
     from qexport import backends
-    from qexport.backends.cpu import cpuinfo
     from qexport.frontend.text import read_lines, tokenize
     from qexport.learn import for_ranges, learn
     from qexport.quant.calibration import load_calibration
@@ -160,7 +159,7 @@ def run(recipes: tuple[str, ...] = RECIPES) -> dict[str, Any]:
         "recipes": list(recipes),
     }
     return {
-        "cpu": (cpuinfo() or {}).get("model name", "unknown"),
+        "cpu": cpu_description(),
         "runs": [run_facts],
         "task": {
             "classes": len(classes),

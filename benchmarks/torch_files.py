@@ -103,7 +103,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--samples", type=int, default=200)
     args = parser.parse_args()
-    from benchmarks.run import cpu_description
+    from benchmarks.measure import cpu_description
 
     result = run(args.samples)
     result["cpu"] = cpu_description()

@@ -182,8 +182,13 @@ class OnnxBackend:
         sess = session or self.session(path)
         feed = {i.name: np.asarray(inputs[i.name]).astype(np.int64) for i in sess.get_inputs()}
         names = [o.name for o in sess.get_outputs()]
+        batch = len(next(iter(feed.values())))
         with flush_denormals():
-            return dict(zip(names, sess.run(names, feed), strict=True))
+            if sess.get_inputs()[0].shape[0] != 1 or batch == 1:
+                return dict(zip(names, sess.run(names, feed), strict=True))
+            # the NPU form has static shapes [1, seq] (QNN compiles no dynamic dims): one sample a run
+            runs = [sess.run(names, {k: v[i : i + 1] for k, v in feed.items()}) for i in range(batch)]
+        return {name: np.concatenate([r[j] for r in runs]) for j, name in enumerate(names)}
 
 
 def _resolve(b: Any, graph: Graph, name: str) -> str:

@@ -5,7 +5,7 @@ one requantized tensor out. Three IR ops of a captured BERT have no such kernel 
 compositions of ops that do, so :func:`to_integer_form` rewrites them once, in the IR, and every
 backend lowers the same primitive ops, each IR value becoming one integer tensor:
 
-- **LayerNorm** -> a per-token prescale (Abs, ReduceMax, Rsqrt, Mul; see ``_layer_norm``),
+- **LayerNorm** -> a per-token prescale (Abs, ReduceMax, Rsqrt, [Mul,] Mul; see ``_layer_norm``),
   then ReduceMean, Sub (centre), Mul (square), ReduceMean (variance), Rsqrt, Mul, Mul by the
   weight, Add of the bias. The epsilon is kept as an Add only when it can matter
   (>= 1e-6); BERT's 1e-12 lies far below any variance step, and a zero variance saturates the
@@ -38,6 +38,10 @@ LAYOUT_OPS = frozenset({Op.RESHAPE, Op.TRANSPOSE, Op.SQUEEZE, Op.UNSQUEEZE, Op.S
 """Ops that move values without changing them: their output crosses with the input's params
 (TFLite requires it of RESHAPE, TRANSPOSE, SLICE)."""
 _ELEMENTWISE = {Op.ADD: np.add, Op.SUB: np.subtract, Op.MUL: np.multiply}
+PRESCALES = ("root_peak", "peak")
+"""The LayerNorm's per-token factor: ``1/sqrt(peak)`` for 16 bits (tokens within ~4x of each
+other; integer rsqrt kernels are coarse on the small integers a squared range would leave),
+``1/peak`` for 8 bits (every token within [-1, 1], so its squares are whole int8 steps)."""
 
 
 def is_full_integer(graph: Graph) -> bool:
@@ -46,14 +50,21 @@ def is_full_integer(graph: Graph) -> bool:
     return isinstance(recipe, dict) and recipe.get("scheme") == "integer"
 
 
-def to_integer_form(graph: Graph) -> dict[str, list[str]]:
+def to_integer_form(
+    graph: Graph, *, prescale: str = "root_peak", channel_scales: dict[str, str] | None = None
+) -> dict[str, list[str]]:
     """Rewrite the mask and every LayerNorm of ``graph`` in place (see the module docstring).
-    Returns ``masks`` (the mask lookups' output values) and ``layer_norms`` (node names)."""
+    ``prescale`` (``PRESCALES``) picks the LayerNorm's per-token factor; ``channel_scales``
+    (LayerNorm name -> constant ``d``, from ``qexport.ir.residual_scale``) says which read a
+    channel-scaled sum. Returns ``masks`` (the mask lookups' output values) and ``layer_norms``
+    (node names)."""
+    if prescale not in PRESCALES:
+        raise IRError(f"prescale {prescale!r}: choose one of {', '.join(PRESCALES)}")
     form: dict[str, list[str]] = {"masks": _mask_tables(graph), "layer_norms": []}
     nodes: list[Node] = []
     for node in graph.nodes:
         if node.op is Op.LAYER_NORM:
-            nodes += _layer_norm(graph, node)
+            nodes += _layer_norm(graph, node, prescale, (channel_scales or {}).get(node.name))
             form["layer_norms"].append(node.name)
         else:
             nodes.append(node)
@@ -90,20 +101,29 @@ class _Emitter:
         return name
 
 
-def _layer_norm(graph: Graph, node: Node) -> list[Node]:
+def _layer_norm(graph: Graph, node: Node, prescale: str, channel_scale: str | None) -> list[Node]:
     if int(node.attrs["num_axes"]) != 1:
         raise IRError(f"LayerNorm {node.name!r}: the integer form normalizes over the last axis only")
     x, weight, bias = ([*node.inputs, "", ""])[:3]
     info = graph.values[node.outputs[0]]
     reduced = (*info.shape[:-1], 1)
     e = _Emitter(graph, node.name, info)
-    # LayerNorm is invariant to a positive per-token scale: divide each token by sqrt(max|x|)
-    # first, so tokens with 200x larger variance (BERT's outlier tokens) share one range with
-    # the others (4x apart on MiniLM). Rsqrt of the peak itself, not of its square: integer
-    # rsqrt kernels are coarse on the small integers a squared range would leave most tokens.
+    # LayerNorm is invariant to a positive per-token scale: divide each token by a power of its
+    # peak max|x| first, so tokens with 200x larger variance (BERT's outlier tokens) share one
+    # range with the others (PRESCALES). A channel-scaled input x' (x = x'·d) is multiplied
+    # back after the division, so no tensor holds the outlier tokens' full range.
     magnitude = e.op(Op.ABS, [x], "magnitude")
+    if channel_scale:
+        magnitude = e.op(Op.MUL, [magnitude, channel_scale], "magnitude_unscaled")
     peak = e.op(Op.REDUCE_MAX, [magnitude], "peak", shape=reduced, axes=[-1], keepdims=True)
-    x = e.op(Op.MUL, [x, e.op(Op.RSQRT, [peak], "inverse_root_peak", shape=reduced)], "prescaled")
+    factor = e.op(Op.RSQRT, [peak], "inverse_root_peak", shape=reduced)
+    if prescale == "peak":
+        factor = e.op(Op.MUL, [factor, factor], "inverse_peak", shape=reduced)
+    if channel_scale:
+        x = e.op(Op.MUL, [x, factor], "prescaled_scaled")
+        x = e.op(Op.MUL, [x, channel_scale], "prescaled")
+    else:
+        x = e.op(Op.MUL, [x, factor], "prescaled")
     mean = e.op(Op.REDUCE_MEAN, [x], "mean", shape=reduced, axes=[-1], keepdims=True)
     centred = e.op(Op.SUB, [x, mean], "centred")
     square = e.op(Op.MUL, [centred, centred], "square")

@@ -2,7 +2,9 @@
 
 Steps, on a copy of the float graph:
 1. rewrite it into its integer form (``qexport.ir.integer_form``: LayerNorm and GELU as
-   primitive ops, the attention mask as a table lookup);
+   primitive ops, the attention mask as a table lookup); with 8-bit residuals and LayerNorms,
+   first divide the residual sums' outlier channels by powers of two
+   (``qexport.ir.residual_scale``, from their calibrated channel peaks);
 2. give each node a precision (int8 or int16; ``precisions``) and insert a Requantize where a
    value meets a reader of the other precision;
 3. quantize Linear weights per output channel (int8, symmetric), embedding tables per tensor
@@ -24,6 +26,7 @@ from qexport.ir.arith import dequantize
 from qexport.ir.graph import Graph, Node, QDType, QuantSpec, ValueInfo, copy_graph
 from qexport.ir.integer_form import LAYOUT_OPS, gelus_as_tanh, to_integer_form
 from qexport.ir.ops import Op
+from qexport.ir.residual_scale import channel_divisors, residual_adds, scale_residuals
 from qexport.quant.calibration import CalibrationSet, observe_channels
 from qexport.quant.ranges import activation_spec, weight_spec
 
@@ -78,17 +81,35 @@ def quantize_full_integer(
     ``ROLES`` order); the table is kept in ``metadata["sensitivity"]``.
     """
     float_graph = copy_graph(out)
-    form = to_integer_form(out)
+    eight_bit_norms = precisions.of("layer_norm") is QDType.INT8
+    scales: dict[str, str] = {}
+    if eight_bit_norms and precisions.of("residual") is QDType.INT8:
+        scales = scale_residuals(out, _channel_divisors(out, calib))
+    prescale = "peak" if eight_bit_norms else "root_peak"
+    form = to_integer_form(out, prescale=prescale, channel_scales=scales)
+    form["channel_scaled"] = sorted(scales)
     role = roles(out, form)
     if auto_int8_db is not None:
         precisions = _choose(float_graph, out, form, role, precisions, calib, auto_int8_db)
     _apply(out, form, role, precisions, calib, progress)
     out.metadata["integer_form"] = {
         **form,
+        "prescale": prescale,
         "int8_roles": sorted(precisions.int8),
         "base": precisions.base.value,
     }
     return out
+
+
+def _channel_divisors(graph: Graph, calib: CalibrationSet) -> dict[str, np.ndarray]:
+    """LayerNorm name -> ``d`` of its input sum's channels (``qexport.ir.residual_scale``), from
+    the sums' calibrated per-channel peaks."""
+    adds = residual_adds(graph)
+    stats = observe_channels(graph, calib, [add.outputs[0] for add in adds.values()])
+    return {
+        name: channel_divisors(np.maximum(np.abs(stats[add.outputs[0]].lo), np.abs(stats[add.outputs[0]].hi)))
+        for name, add in adds.items()
+    }
 
 
 def _apply(
@@ -107,7 +128,8 @@ def _apply(
     for node in out.nodes:
         if node.name not in role:
             role[node.name] = "gelu" if any(node.name.startswith(g + ".") for g in wide_gelus) else "other"
-    _quantize_constants(out, precision, set(form["masks"]))
+    exact = {f"{name}.channel_scale{end}" for name in form["channel_scaled"] for end in ("", "_inverse")}
+    _quantize_constants(out, precision, set(form["masks"]), exact)
     dtypes = _insert_requantize(out, precision)
     values = [n.outputs[0] for n in out.nodes if _float(out, n.outputs[0]) and n.op not in LAYOUT_OPS]
     stats = observe_channels(out, calib, values, on_batch=progress)
@@ -260,7 +282,9 @@ def _masked_adds(graph: Graph, masks: set[str]) -> dict[str, str]:
     return result
 
 
-def _quantize_constants(graph: Graph, precision: Callable[[Node], QDType], masks: set[str]) -> None:
+def _quantize_constants(
+    graph: Graph, precision: Callable[[Node], QDType], masks: set[str], exact: set[str]
+) -> None:
     readers: dict[str, list[Node]] = graph.consumers()
     for name, array in list(graph.constants.items()):
         if array.dtype != np.float32 or name in graph.quant:
@@ -282,7 +306,7 @@ def _quantize_constants(graph: Graph, precision: Callable[[Node], QDType], masks
             dtypes = {precision(n) for n in nodes}
             if len(dtypes) > 1:
                 raise QExportError(f"constant {name!r} is read in int8 and in int16; it can have one type")
-            q, spec = _per_tensor(array, dtypes.pop())
+            q, spec = (_powers_of_two if name in exact else _per_tensor)(array, dtypes.pop())
         graph.constants[name] = q
         graph.quant[name] = spec
 
@@ -293,6 +317,15 @@ def _per_tensor(array: np.ndarray, dtype: QDType) -> tuple[np.ndarray, QuantSpec
     scale = np.float32(amax / dtype.qmax if amax > 0 else 1.0)
     q = np.clip(np.rint(array / scale), -dtype.qmax, dtype.qmax).astype(dtype.storage)
     return q, QuantSpec(dtype, np.array(scale, np.float32), np.array(0, np.int32))
+
+
+def _powers_of_two(array: np.ndarray, dtype: QDType) -> tuple[np.ndarray, QuantSpec]:
+    """Per-tensor params holding powers of two exactly: a power-of-two scale (zero point 0)."""
+    scale = np.float32(np.exp2(np.ceil(np.log2(float(np.max(np.abs(array))) / dtype.qmax))))
+    q = array / scale
+    if np.any(q != np.rint(q)) or np.any(np.abs(q) > dtype.qmax):
+        raise QExportError(f"constant of {array.size} values is not exact at scale {scale}")
+    return q.astype(dtype.storage), QuantSpec(dtype, np.array(scale, np.float32), np.array(0, np.int32))
 
 
 def _insert_requantize(graph: Graph, precision: Callable[[Node], QDType]) -> dict[str, QDType]:
