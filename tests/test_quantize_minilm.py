@@ -35,29 +35,24 @@ def parity(ours, ref):
 
 
 @pytest.fixture(scope="module")
-def reference(fp32_pooled):
-    return fp32_pooled
-
-
-@pytest.fixture(scope="module")
 def int8_graph(minilm_int8):
     return minilm_int8
 
 
-def test_int8_keeps_bert_accurate(int8_pooled, reference):
-    cos_mean, cos_min, sqnr = parity(int8_pooled, reference)
+def test_int8_keeps_bert_accurate(int8_pooled, fp32_pooled):
+    cos_mean, cos_min, sqnr = parity(int8_pooled, fp32_pooled)
     assert cos_mean >= 0.998 and cos_min >= 0.99 and sqnr >= 24.0, (cos_mean, cos_min, sqnr)
 
 
-def test_dynamic_keeps_bert_accurate(minilm, texts, reference):
+def test_dynamic_keeps_bert_accurate(minilm, texts, fp32_pooled):
     graph = qexport.quantize(minilm[0].graph, "dynamic")
-    cos_mean, _, _ = parity(pooled_outputs(graph, texts[1]), reference)
+    cos_mean, _, _ = parity(pooled_outputs(graph, texts[1]), fp32_pooled)
     assert cos_mean >= 0.998
 
 
-def test_int16x8_reaches_30_db(minilm, texts, reference):
+def test_int16x8_reaches_30_db(minilm, texts, fp32_pooled):
     graph = qexport.quantize(minilm[0].graph, "int16x8", calibration=texts[0])
-    assert parity(pooled_outputs(graph, texts[1]), reference)[2] >= 30.0
+    assert parity(pooled_outputs(graph, texts[1]), fp32_pooled)[2] >= 30.0
 
 
 def test_int8_stores_integer_weights_biases_and_embeddings(int8_graph):
@@ -81,7 +76,7 @@ def test_int8_records_its_decisions(int8_graph):
     assert "sensitivity" not in meta  # measured only when a recipe uses it (int8-mixed, below)
 
 
-def test_int8_mixed_puts_the_most_sensitive_groups_in_int16(minilm, texts, reference):
+def test_int8_mixed_puts_the_most_sensitive_groups_in_int16(minilm, texts, fp32_pooled):
     graph = qexport.quantize(minilm[0].graph, "int8-mixed", calibration=texts[0])
     rows = graph.metadata["sensitivity"]
     assert len(rows) == 25 and all(0 < r["sqnr_db"] < 60 for r in rows)
@@ -90,7 +85,7 @@ def test_int8_mixed_puts_the_most_sensitive_groups_in_int16(minilm, texts, refer
         r["sqnr_db"] for r in rows if not r["int16"]
     )
     assert all(graph.quant[r["input"]].dtype.value == "int16" for r in wide)
-    assert parity(pooled_outputs(graph, texts[1]), reference)[2] >= 24.5
+    assert parity(pooled_outputs(graph, texts[1]), fp32_pooled)[2] >= 24.5
 
 
 def test_quantized_ir_round_trips_and_simulates_identically(int8_graph, texts, tmp_path):
