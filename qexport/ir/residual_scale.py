@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from qexport.ir.arith import dequantize
 from qexport.ir.graph import Graph, Node, ValueInfo
 from qexport.ir.ops import Op
 
@@ -55,6 +56,23 @@ def channel_divisors(peaks: np.ndarray) -> np.ndarray:
     typical = float(np.percentile(peaks, PERCENTILE))
     ratio = np.maximum(peaks / typical, 1.0) if typical > 0 else np.ones_like(peaks)
     return np.exp2(np.clip(np.round(np.log2(ratio)), 0, np.log2(MAX_SCALE))).astype(np.float32)
+
+
+def row_divisors(graph: Graph, linear: Node) -> np.ndarray | None:
+    """``d`` that ``scale_residuals`` divided ``linear``'s weight rows by, or None (not scaled).
+
+    Read back from the graph (the Add after ``linear`` reads a ``<layer_norm>.scaled_skip``), so
+    it works on the quantized IR too: learning the weight integers (``qexport.quant.gptq``) must
+    aim at the float weight divided the same way.
+    """
+    for add in graph.consumers().get(linear.outputs[0], []):
+        skip = next((v for v in add.inputs if v.endswith(".scaled_skip")), None) if add.op is Op.ADD else None
+        if skip is not None:
+            name = skip.removesuffix(".scaled_skip") + ".channel_scale"
+            d, spec = graph.constants[name], graph.quant.get(name)
+            stored = spec is not None and np.issubdtype(d.dtype, np.integer)
+            return (dequantize(d, spec) if stored else d).astype(np.float32)
+    return None
 
 
 def scale_residuals(graph: Graph, divisors: dict[str, np.ndarray]) -> dict[str, str]:

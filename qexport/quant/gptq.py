@@ -15,6 +15,7 @@ import numpy as np
 
 from qexport.ir.graph import Graph, Node, copy_graph
 from qexport.ir.ops import Op
+from qexport.ir.residual_scale import row_divisors
 from qexport.quant.calibration import CalibrationSet
 
 DAMP = 0.1  # fraction of the mean diagonal added to XᵀX: measured on MiniLM, 0.1 beat 0.01 by 0.1 dB
@@ -52,8 +53,12 @@ def rounded_linears(graph: Graph) -> list[Node]:
 
 def smoothed_weight(float_graph: Graph, quantized: Graph, node: Node) -> np.ndarray:
     """The float weight ``quantized`` rounds for Linear ``node``: the float model's weight,
-    times the smoothing scale of the Mul feeding the Linear, if there is one."""
+    times the smoothing scale of the Mul feeding the Linear, if there is one, and with its rows
+    divided by the residual channel scale of the sum it feeds, if there is one (npu-int8)."""
     weight = float_graph.constants[node.inputs[1]].astype(np.float32)
+    divisors = row_divisors(quantized, node)
+    if divisors is not None:
+        weight = (weight / divisors[:, None]).astype(np.float32)
     producer = quantized.producer().get(node.inputs[0])
     if producer is not None and producer.op is Op.MUL and producer.inputs[1].endswith(".inv_smooth"):
         scale = (np.float32(1.0) / quantized.constants[producer.inputs[1]]).astype(np.float32)
