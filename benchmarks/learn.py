@@ -9,6 +9,7 @@ against fp32 and against its IR. Also the conversion time (calibration + learnin
 Writes benchmarks/results/learn.{json,md}.
 
     python -m benchmarks.learn            # ~45 min on 2 cores
+    python -m benchmarks.learn npu-int8   # only its rows, merged into the last results
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ def learn_text() -> list[str]:
     )
 
 
-def run(samples: int = HELD_OUT) -> dict[str, Any]:
+def run(samples: int = HELD_OUT, recipes: tuple[str, ...] = RECIPES) -> dict[str, Any]:
     import qexport
     from qexport import backends
     from qexport.frontend.text import tokenize
@@ -83,7 +84,7 @@ def run(samples: int = HELD_OUT) -> dict[str, Any]:
     fp32 = in_chunks(lambda c: reference(graph, c, simulate=False))
     rows: list[dict[str, Any]] = []
     files: list[dict[str, Any]] = []
-    for name in RECIPES:
+    for name in recipes:
         recipe = resolve(name)
         wanted = replace(recipe, learn=True)
         plain = quantize_graph(graph, recipe, calib)
@@ -156,11 +157,35 @@ def to_markdown(result: dict[str, Any]) -> str:
             f"| {f['backend']} | {f['recipe']} | {'yes' if f['learn'] else 'no'} | {f['vs_fp32']['cos_mean']:.5f} / "
             f"{f['vs_fp32']['sqnr_db']:.2f} | {f['vs_ir']['sqnr_db']:.2f} |"
         )
+    for name, when in result.get("merged", {}).items():
+        lines.append(f"\n`{name}`'s rows re-measured alone on {when} (`python -m benchmarks.learn {name}`).")
     return "\n".join(lines) + "\n"
 
 
 def main() -> None:
-    result = run()
+    """``python -m benchmarks.learn [RECIPE ...]``: every recipe, or only these rows merged into
+    the last results (same CPU)."""
+    import json
+
+    wanted = tuple(sys.argv[1:])
+    unknown = [name for name in wanted if name not in RECIPES]
+    if unknown:
+        raise SystemExit(
+            f"unknown recipe {', '.join(unknown)}; the benchmark's recipes: {', '.join(RECIPES)}"
+        )
+    result = run(recipes=wanted or RECIPES)
+    if wanted:
+        old = json.loads((Path(__file__).parent / "results" / "learn.json").read_text())
+        if old["cpu"] != result["cpu"]:
+            raise SystemExit("the last results were taken on another CPU; run every recipe")
+        for key in ("recipes", "files"):
+            mine = {(r["recipe"], r["learn"], r.get("backend")): r for r in result[key]}
+            rest = [r for r in old[key] if r["recipe"] not in wanted]
+            result[key] = sorted(rest + list(mine.values()), key=lambda r: RECIPES.index(r["recipe"]))
+        result["merged"] = {
+            **old.get("merged", {}),
+            **{name: time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()) for name in wanted},
+        }
     write_results("learn", result, to_markdown(result))
 
 

@@ -5,7 +5,7 @@ Three steps (docs/learning.md):
 1. static recipes with ``learn_epochs``: distillation learns the smoothing scales and activation
    ranges (``qexport.learn.fit``, torch autograd over the IR's ops; experimental, off by default);
 2. every recipe with int8 Linear weights: GPTQ rounds them (``qexport.quant.gptq``, numpy);
-3. static recipes: each encoder layer in turn is fitted to the float layer's output (its weight
+3. static and full-integer recipes: each encoder layer in turn is fitted to the float layer's output (its weight
    integers, biases and activation ranges; ``qexport.learn.blocks``).
 
 This stage imports torch (for gradients); the IR, the engine and the reference stay numpy-only.
@@ -67,7 +67,7 @@ def learn(
     methods = (["smoothing and ranges by distillation"] if "epochs" in facts else []) + [
         "GPTQ weight rounding"
     ]
-    if recipe.scheme == "static" and recipe.learn_layer_epochs:
+    if recipe.scheme in ("static", "integer") and recipe.learn_layer_epochs:
         from qexport.learn.blocks import reconstruct_layers
 
         graph, report = reconstruct_layers(

@@ -82,8 +82,8 @@ class Recipe:
       The result is an IR of the same recipe with different integers. ``learn_epochs > 0``
       (static recipes, experimental) first learns the smoothing scales and activation ranges by
       distillation (batch order from ``learn_seed``); on MiniLM its files are only ~30 dB from
-      their IR, not 40, so it is off by default. ``learn_layer_epochs`` (static recipes, default
-      2; 0 turns it off) then fits each encoder layer in turn to the float layer's output
+      their IR, not 40, so it is off by default. ``learn_layer_epochs`` (static and integer
+      recipes, default 2; 0 turns it off; the built-in npu-int16 and npu-mixed set 0) then fits each encoder layer in turn to the float layer's output
       (its weight integers, biases and activation ranges; ``qexport.learn.blocks``).
     """
 
@@ -205,9 +205,22 @@ BUILTIN: dict[str, Recipe] = {
             quantize_embeddings=False,
         ),
         Recipe(name="npu-int8", scheme="integer", activation_dtype="int8", smooth_alpha=None),
-        Recipe(name="npu-int16", scheme="integer", activation_dtype="int16", smooth_alpha=None),
+        # The layer step is measured on npu-int8 only (docs/learning.md); the int16 NPU recipes
+        # learn their weight rounding (GPTQ) until it is measured on them.
         Recipe(
-            name="npu-mixed", scheme="integer", activation_dtype="int16", smooth_alpha=None, auto_int8_db=25.0
+            name="npu-int16",
+            scheme="integer",
+            activation_dtype="int16",
+            smooth_alpha=None,
+            learn_layer_epochs=0,
+        ),
+        Recipe(
+            name="npu-mixed",
+            scheme="integer",
+            activation_dtype="int16",
+            smooth_alpha=None,
+            auto_int8_db=25.0,
+            learn_layer_epochs=0,
         ),
         Recipe(name="weight-only", scheme="weight-only", smooth_alpha=None),
         Recipe(name="fp32", scheme="none", smooth_alpha=None, quantize_embeddings=False),
