@@ -70,8 +70,9 @@ def row_divisors(graph: Graph, linear: Node) -> np.ndarray | None:
         if skip is not None:
             name = skip.removesuffix(".scaled_skip") + ".channel_scale"
             d, spec = graph.constants[name], graph.quant.get(name)
-            stored = spec is not None and np.issubdtype(d.dtype, np.integer)
-            return (dequantize(d, spec) if stored else d).astype(np.float32)
+            if spec is not None and np.issubdtype(d.dtype, np.integer):
+                d = dequantize(d, spec)
+            return d.astype(np.float32)
     return None
 
 
