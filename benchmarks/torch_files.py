@@ -7,11 +7,19 @@ on the held-out sentences against torch fp32, and against the IR simulation. The
 in ``tox -e bench`` (benchmarks/run.py); this section runs alone in a few minutes.
 
     python -m benchmarks.torch_files [--samples 200]   # writes benchmarks/results/torch_files.{json,md}
+    python -m benchmarks.torch_files --isa avx2        # ... torch_files_avx2.{json,md}
+
+``--isa avx2`` runs the same rows with every library capped at AVX2 (torch's kernels, oneDNN,
+MKL, inductor's generated code), the GEMM choice ``--torch-gemm auto`` makes on an AVX2-only
+CPU (``float``): the instruction set of an AVX2 server on this CPU's cores, caches and clocks.
+It shows what the files cost on AVX2 code paths; an AVX2-only CPU's own speed it does not.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -23,9 +31,16 @@ from benchmarks import peers
 from benchmarks.measure import interleaved_latency, minilm_texts, parity, pooled, ratio, write_results
 
 EAGER = "torch eager fp32"
+AVX2_ENV = {
+    "ATEN_CPU_CAPABILITY": "avx2",  # torch's own kernels and inductor's vector ISA
+    "ONEDNN_MAX_CPU_ISA": "AVX2",
+    "MKL_ENABLE_INSTRUCTIONS": "AVX2",
+    "TORCHINDUCTOR_CPP_MARCH": "haswell",  # instead of -march=native
+}
+"""The environment that caps every library this benchmark runs at AVX2 (set before torch loads)."""
 
 
-def run(samples: int) -> dict[str, Any]:
+def run(samples: int, gemm: str = "auto") -> dict[str, Any]:
     import torch
     from transformers import AutoModel
 
@@ -61,7 +76,7 @@ def run(samples: int) -> dict[str, Any]:
         for backend, suffix, load in targets:
             path = work / f"{recipe}{suffix}"
             start = time.monotonic()
-            get(backend).lower(ir, path)
+            get(backend, gemm=gemm).lower(ir, path)
             seconds = time.monotonic() - start
             result = load(path, held, one)
             rows.append(
@@ -79,13 +94,14 @@ def run(samples: int) -> dict[str, Any]:
     for row in rows:
         row["ms"] = round(float(np.median(per_round[row["tool"]])), 2)
         row["vs_eager"] = ratio(per_round, row["tool"], EAGER)
-    return {"samples": samples, "threads": 2, "gemm": resolve_gemm("auto"), "rows": rows}
+    return {"samples": samples, "threads": 2, "gemm": resolve_gemm(gemm), "rows": rows}
 
 
 def to_markdown(result: dict[str, Any]) -> str:
     lines = [
         f"torch files, all-MiniLM-L6-v2, batch 1, seq 128, {result['threads']} threads, "
-        f"{result['samples']} held-out sentences (mean-pooled vs torch fp32); {result['cpu']}; "
+        f"{result['samples']} held-out sentences (mean-pooled vs torch fp32); {result['cpu']}"
+        f"{'; every library capped at AVX2 (' + result['isa_cap'] + ')' if result.get('isa_cap') else ''}; "
         f"integer GEMMs: {result['gemm']}:",
         "",
         "| file | cosine mean | SQNR dB | vs IR dB | ms | × torch eager fp32 | MB | write s |",
@@ -102,12 +118,23 @@ def to_markdown(result: dict[str, Any]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--samples", type=int, default=200)
+    parser.add_argument("--isa", choices=["native", "avx2"], default="native")
     args = parser.parse_args()
+    capped = args.isa == "avx2"
+    if capped and any(os.environ.get(k) != v for k, v in AVX2_ENV.items()):
+        # the caps are read when the libraries load: start again with them set
+        os.execve(
+            sys.executable,
+            [sys.executable, "-m", "benchmarks.torch_files", *sys.argv[1:]],
+            {**os.environ, **AVX2_ENV},
+        )
     from benchmarks.measure import cpu_description
 
-    result = run(args.samples)
+    result = run(args.samples, gemm="float" if capped else "auto")
     result["cpu"] = cpu_description()
-    write_results("torch_files", result, to_markdown(result))
+    if capped:
+        result["isa_cap"] = " ".join(f"{k}={v}" for k, v in AVX2_ENV.items())
+    write_results("torch_files_avx2" if capped else "torch_files", result, to_markdown(result))
 
 
 if __name__ == "__main__":

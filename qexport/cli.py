@@ -156,7 +156,7 @@ def convert_cmd(
             "--torch-gemm",
             help="torch, torch-aoti: how integer Linears multiply. int8 = torch._int_mm (fast on x86 with AVX-512 "
             "VNNI or AMX, a slow scalar loop elsewhere); float = float32 matmuls of the same integers "
-            "(same results, fp32 speed, any CPU); auto = int8 if this CPU has VNNI, else float.",
+            "(same results, any CPU, a little slower than fp32 eager); auto = int8 if this CPU has VNNI, else float.",
         ),
     ] = "auto",
     onnx_linears: Annotated[

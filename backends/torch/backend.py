@@ -19,7 +19,8 @@ from qexport.report.notes import WITHOUT_VNNI, note
 class TorchBackend:
     """``gemm`` picks how integer Linears multiply in the program: ``int8`` (``torch._int_mm``,
     fast on CPUs with AVX-512 VNNI or AMX), ``float`` (a float32 matmul of the same integers:
-    the same results, fp32 speed, and the only sane choice where ``_int_mm`` is a scalar loop),
+    the same results on any CPU, the only sane choice where ``_int_mm`` is a scalar loop, though
+    slower than torch eager fp32 there: 1.15-1.38x on AVX2, docs/backend-torch.md),
     or ``auto`` (decided by the CPU converting, recorded in the manifest)."""
 
     name = "torch"
@@ -115,9 +116,13 @@ def _gemm_note(gemm: str, asked: str) -> dict[str, Any]:
             cpu=None if asked != "auto" else WITHOUT_VNNI,
         )
     return note(
-        "torch: model.pt2 multiplies in float32 (exact, fp32 speed); --torch-gemm int8 is faster on VNNI/AMX",
-        f"Integer Linears run float32 matmuls of the IR's integers{why}: exact, fp32 speed, any CPU; for "
-        "AVX-512 VNNI / AMX servers, --torch-gemm int8 uses torch._int_mm (docs/backend-torch.md)",
+        "torch: model.pt2 multiplies in float32 (exact, any CPU; smaller than fp32, not faster); "
+        "--torch-gemm int8 is faster on VNNI/AMX",
+        f"Integer Linears run float32 matmuls of the IR's integers{why}: exact and portable, but with "
+        "its quantize and rescale steps the int8 program is slower than torch eager fp32 on AVX2 (measured "
+        "1.15-1.38x; model.aoti.pt2 1.18x). It buys size (0.27x), not speed: for speed on such a CPU use "
+        "the fp32 model.aoti.pt2 or the ONNX / TFLite int8 files; on AVX-512 VNNI / AMX servers "
+        "--torch-gemm int8 uses torch._int_mm (docs/backend-torch.md)",
     )
 
 
