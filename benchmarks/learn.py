@@ -157,6 +157,8 @@ def to_markdown(result: dict[str, Any]) -> str:
             f"| {f['backend']} | {f['recipe']} | {'yes' if f['learn'] else 'no'} | {f['vs_fp32']['cos_mean']:.5f} / "
             f"{f['vs_fp32']['sqnr_db']:.2f} | {f['vs_ir']['sqnr_db']:.2f} |"
         )
+    for note in result.get("notes", []):  # written by hand into learn.json: how a run went
+        lines.append(f"\n{note}")
     for name, when in result.get("merged", {}).items():
         lines.append(f"\n`{name}`'s rows re-measured alone on {when} (`python -m benchmarks.learn {name}`).")
     return "\n".join(lines) + "\n"
@@ -182,6 +184,7 @@ def main() -> None:
             mine = {(r["recipe"], r["learn"], r.get("backend")): r for r in result[key]}
             rest = [r for r in old[key] if r["recipe"] not in wanted]
             result[key] = sorted(rest + list(mine.values()), key=lambda r: RECIPES.index(r["recipe"]))
+        result["notes"] = old.get("notes", [])
         result["merged"] = {
             **old.get("merged", {}),
             **{name: time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()) for name in wanted},
