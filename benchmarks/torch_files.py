@@ -98,10 +98,10 @@ def run(samples: int, gemm: str = "auto") -> dict[str, Any]:
 
 
 def to_markdown(result: dict[str, Any]) -> str:
+    cap = f"; every library capped at AVX2 ({result['isa_cap']})" if result.get("isa_cap") else ""
     lines = [
         f"torch files, all-MiniLM-L6-v2, batch 1, seq 128, {result['threads']} threads, "
-        f"{result['samples']} held-out sentences (mean-pooled vs torch fp32); {result['cpu']}"
-        f"{'; every library capped at AVX2 (' + result['isa_cap'] + ')' if result.get('isa_cap') else ''}; "
+        f"{result['samples']} held-out sentences (mean-pooled vs torch fp32); {result['cpu']}{cap}; "
         f"integer GEMMs: {result['gemm']}:",
         "",
         "| file | cosine mean | SQNR dB | vs IR dB | ms | × torch eager fp32 | MB | write s |",
