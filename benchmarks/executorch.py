@@ -1,5 +1,6 @@
-"""ExecuTorch (the runtime PyTorch models take to phones): qexport's ``--to executorch`` file
-beside the fp32 ``.pte`` from the same IR and the route users take today.
+"""ExecuTorch (the runtime PyTorch models take to phones): qexport's ``--to executorch`` files
+(recipes ``dynamic`` and ``npu-int8``), each beside the fp32 ``.pte`` from the same IR, and the
+route users take today.
 
 Every program runs in ExecuTorch's own runtime (``executorch.runtime``) at batch 1, seq 128, on
 this machine's CPU with XNNPACK; latency is interleaved round by round (``measure``). The peer
@@ -23,6 +24,8 @@ import numpy as np
 from benchmarks.measure import interleaved_latency, minilm_texts, parity, pooled, ratio
 
 ROOT = Path(__file__).resolve().parents[1]
+# XNNPACK's two int8 Linears: dynamic (qd8) and static (qs8, the full-integer NPU recipe)
+RECIPES = ("dynamic", "npu-int8")
 
 
 def _peer(model_dir: Path, example: dict[str, Any], path: Path) -> Path:
@@ -73,18 +76,20 @@ def section(
         ),
         mask,
     )
-    dynamic = qexport.quantize(graph, "dynamic", calibration=calib)
-    files = {"qexport dynamic (--to executorch)": work / "qexport_dynamic.pte"}
-    backend.lower(dynamic, files["qexport dynamic (--to executorch)"])
-    fp32_file = work / "fp32.pte"  # the same IR and lowering, no quantization
-    fp32_file.write_bytes(build_program(dynamic, quantize=False).buffer)
-    files["fp32 .pte (same IR)"] = fp32_file
+    irs, files, base = {}, {}, {}  # program -> its IR, its file, the fp32 program it is timed against
+    for recipe in RECIPES:
+        ir = qexport.quantize(graph, recipe, calibration=calib)
+        tool, fp32_tool = f"qexport {recipe} (--to executorch)", f"fp32 .pte ({recipe} IR)"
+        irs[tool], files[tool], base[tool] = ir, work / f"qexport_{recipe}.pte", fp32_tool
+        backend.lower(ir, files[tool])
+        files[fp32_tool] = work / f"fp32_{recipe}.pte"  # the same IR and lowering, no quantization
+        files[fp32_tool].write_bytes(build_program(ir, quantize=False).buffer)
     rows: list[dict[str, Any]] = []
     example = {k: torch.from_numpy(v[:1]) for k, v in held_out.items()}
     try:
-        files["ExecuTorch pt2e + XNNPACKQuantizer on the HF model"] = _peer(
-            model_dir, example, work / "peer.pte"
-        )
+        peer = "ExecuTorch pt2e + XNNPACKQuantizer on the HF model"
+        files[peer] = _peer(model_dir, example, work / "peer.pte")
+        base[peer] = "fp32 .pte (dynamic IR)"  # the peer's recipe
     except Exception as exc:  # the peer's failure is the finding
         rows.append(
             {
@@ -104,10 +109,10 @@ def section(
             "mb": round(files[tool].stat().st_size / 1e6, 1),
             **parity(pooled(hidden, mask), fp32),
         }
-        if tool.startswith("qexport"):
+        if tool in irs:
             simulated = np.concatenate(
                 [
-                    qexport.run_reference(dynamic, {k: v[i : i + 1] for k, v in held_out.items()})[
+                    qexport.run_reference(irs[tool], {k: v[i : i + 1] for k, v in held_out.items()})[
                         "last_hidden_state"
                     ]
                     for i in range(len(mask))
@@ -119,7 +124,7 @@ def section(
     for row in rows:
         if row["tool"] in per_round:
             row["ms"] = round(float(np.median(per_round[row["tool"]])), 2)
-            row["vs_fp32_pte"] = ratio(per_round, row["tool"], "fp32 .pte (same IR)")
+            row["vs_fp32_pte"] = ratio(per_round, row["tool"], base.get(row["tool"], row["tool"]))
     return {"samples": len(mask), "threads": "XNNPACK default", "rows": rows}
 
 

@@ -132,8 +132,8 @@ def convert_cmd(
             help="One recipe for every target: int8 (static), int8-full (int8 Linear outputs too), "
             "dynamic (run-time activation scales), int8-mixed, int16x8, weight-only, fp32, the "
             "full-integer npu-int16, npu-mixed, npu-int8, or a "
-            ".toml/.json file. Default: each target's fast recipe (tflite: dynamic; onnx, torch: int8), "
-            "one model.qir per recipe.",
+            ".toml/.json file. Default: each target's fast recipe (tflite, executorch: dynamic; onnx, "
+            "torch: int8), one model.qir per recipe. executorch takes dynamic or npu-int8.",
             show_default=False,
         ),
     ] = None,

@@ -1,4 +1,4 @@
-"""--to executorch: a .pte whose Linears run in XNNPACK's dynamically quantized kernels,
+"""--to executorch: a .pte whose Linears run in XNNPACK's int8 kernels (dynamic or static),
 carrying the IR's integers, run by ExecuTorch's own runtime."""
 
 from __future__ import annotations
@@ -33,13 +33,17 @@ def test_minilm_pte_runs_in_executorch_at_the_irs_numbers(minilm, docstring_text
     assert ours >= irs - 0.5, (ours, irs)
 
 
-def test_tiny_pte_is_deterministic_and_matches_the_ir(tiny_model_dirs, tmp_path):
+@pytest.mark.parametrize("recipe", ["dynamic", "int8-full", "npu-int8"])
+def test_tiny_pte_is_deterministic_and_matches_the_ir(tiny_model_dirs, tmp_path, recipe):
+    """Both of XNNPACK's int8 Linears: dynamic (qd8) and static (qs8, the full-integer recipes).
+    Measured on a tiny BERT: 137-139 dB from the IR (dynamic, int8-full), bit-exact (npu-int8)."""
     graph = qexport.capture(tiny_model_dirs["bert"], seq_len=16)
     calib = random_tokens(graph, 16, samples=8)
-    quantized = qexport.quantize(graph, "dynamic", calibration=calib)
+    quantized = qexport.quantize(graph, recipe, calibration=calib)
     backend = get("executorch")
     first, second = tmp_path / "a.pte", tmp_path / "b.pte"
-    backend.lower(quantized, first)
+    facts = backend.lower(quantized, first)
+    assert facts["linears_in_delegates"] == "all"
     backend.lower(quantized, second)
     assert first.read_bytes() == second.read_bytes()
     inputs = {k: v[:4] for k, v in calib.items()}
@@ -50,12 +54,15 @@ def test_tiny_pte_is_deterministic_and_matches_the_ir(tiny_model_dirs, tmp_path)
         assert sqnr(out[key], simulated[key]) >= 40.0, (key, sqnr(out[key], simulated[key]))
 
 
-def test_a_recipe_xnnpack_cannot_run_is_refused_before_writing(tiny_model_dirs, tmp_path):
+@pytest.mark.parametrize("recipe", ["int8", "npu-int16"])
+def test_a_recipe_xnnpack_cannot_run_is_refused_before_writing(tiny_model_dirs, tmp_path, recipe):
+    """int8's Linears write float (XNNPACK's static Linear writes int8); npu-int16's read int16."""
     graph = qexport.capture(tiny_model_dirs["bert"], seq_len=16)
-    quantized = qexport.quantize(graph, "int8", calibration=random_tokens(graph, 16, samples=4))
+    quantized = qexport.quantize(graph, recipe, calibration=random_tokens(graph, 16, samples=4))
     path = tmp_path / "model.pte"
     with pytest.raises(
-        QExportError, match=r"Linear 'encoder\.layer\.0\.attention\.self\.query'.*--recipe dynamic"
+        QExportError,
+        match=r"Linear 'encoder\.layer\.0\.attention\.self\.query'.*--recipe dynamic or one of those",
     ):
         get("executorch").lower(quantized, path)
     assert not path.exists()

@@ -1,17 +1,20 @@
 """Lower an IR graph to an ExecuTorch program (``model.pte``) and run it with ExecuTorch's runtime.
 
-Phones run PyTorch models through ExecuTorch, whose CPU backend is XNNPACK. XNNPACK's
-dynamically quantized Linear (``qd8-f32-qc8w``: int8 per-channel symmetric weights, inputs
-quantized per row at run time by XNNPACK's asymmetric rule) is exactly what the IR's ``dynamic``
-recipe describes (docs/ir.md), so that is the recipe this backend lowers:
+Phones run PyTorch models through ExecuTorch, whose CPU backend is XNNPACK. XNNPACK has two
+int8 Linears, and the backend lowers the IRs that mean one of them (``lowering_form``):
 
-1. the IR's float twin (weights dequantized, specs dropped) becomes a torch module
-   (``IRModule``, as for ``--to torch``) exported with static shapes [1, seq];
-2. ExecuTorch's XNNPACK quantizer (pt2e, dynamic, per channel) quantizes its Linears: their
-   weights re-quantize to the IR's very integers (checked before anything is written), and the
-   run-time input rule is XNNPACK's own;
-3. ``to_edge_transform_and_lower`` with the XNNPACK partitioner puts every Linear (and what
-   else XNNPACK takes) into delegates; ``to_executorch`` serializes the program.
+- **dynamic** (``qd8-f32-qc8w``: int8 per-channel symmetric weights, inputs quantized per row at
+  run time by XNNPACK's asymmetric rule) is the IR's ``dynamic`` recipe exactly (docs/ir.md).
+  The IR's float twin (weights dequantized, specs dropped) becomes a torch module (``IRModule``,
+  as for ``--to torch``) exported with static shapes [1, seq]; ExecuTorch's XNNPACK quantizer
+  (pt2e, dynamic, per channel) quantizes its Linears, whose weights re-quantize to the IR's
+  very integers (checked before anything is written).
+- **static** (``qs8``: 8-bit per-tensor input and output, int8 per-channel weights) is what the
+  full-integer ``npu-int8`` describes on BERT models. The IR's specs become ExecuTorch's
+  own quantize/dequantize ops at the IR's params (``qdq.py``): no quantizer, no calibration.
+
+Either way ``to_edge_transform_and_lower`` with the XNNPACK partitioner puts every Linear (and
+what else XNNPACK takes) into delegates, and ``to_executorch`` serializes the program.
 
 See docs/backend-executorch.md.
 """
@@ -32,9 +35,68 @@ from qexport.atomic import write_bytes
 from qexport.errors import QExportError
 from qexport.ir.arith import dequantize
 from qexport.ir.graph import Graph, QDType, copy_graph
+from qexport.ir.linear import LinearForm, classify
 from qexport.ir.ops import Op
 
 RECIPE = "dynamic"
+EIGHT_BIT = (QDType.INT8, QDType.UINT8)
+STATIC_RECIPES = ("npu-int8",)  # built-in recipes whose Linears are XNNPACK-static on BERT models
+
+
+def lowering_form(graph: Graph) -> str:
+    """``"dynamic"`` (XNNPACK's qd8 Linear) or ``"static"`` (its qs8 Linear): the form every
+    Linear of ``graph`` shares; a Linear in neither, or a mix, is refused naming it."""
+    forms = {}
+    for node in graph.nodes:
+        if node.op is not Op.LINEAR:
+            continue
+        info = classify(graph, node)
+        w, x, out = info.w_spec, info.x_spec, info.out_spec
+        int8_weight = w is not None and w.dtype is QDType.INT8 and info.symmetric_weight
+        if (
+            info.form is LinearForm.STEPS
+            and int8_weight
+            and w is not None
+            and w.axis == 0
+            and x is not None
+            and x.dtype is QDType.INT8
+            and x.axis == -1
+        ):
+            forms[node.name] = "dynamic"
+        elif (
+            info.form is LinearForm.STATIC
+            and int8_weight
+            and x is not None
+            and x.dtype in EIGHT_BIT
+            and out is not None
+            and not out.dynamic
+            and out.axis is None
+            and out.dtype in EIGHT_BIT
+        ):
+            forms[node.name] = "static"
+        else:
+            raise QExportError(
+                f"executorch backend: Linear {node.name!r} is quantized as neither of XNNPACK's int8 "
+                f"Linears: dynamic (int8 per-channel weights, int8 inputs per token at run time: "
+                f"recipe {RECIPE!r}) or static (int8 per-channel weights, 8-bit per-tensor input and "
+                f"output: recipes {', '.join(STATIC_RECIPES)}); convert with --recipe {RECIPE} or one "
+                f"of those for --to executorch"
+            )
+    if len(set(forms.values())) > 1:
+        dynamic = next(name for name, form in forms.items() if form == "dynamic")
+        raise QExportError(
+            f"executorch backend: Linear {dynamic!r} is dynamically quantized but others are static; "
+            f"a .pte takes one form (--recipe {RECIPE} or one of {', '.join(STATIC_RECIPES)})"
+        )
+    form = next(iter(forms.values()), "static")
+    for name, spec in graph.quant.items():
+        if form == "dynamic" and name not in graph.constants and not spec.dynamic:
+            raise QExportError(
+                f"executorch backend: {name!r} has a static activation spec beside dynamically "
+                f"quantized Linears; a .pte takes one form (--recipe {RECIPE} or one of "
+                f"{', '.join(STATIC_RECIPES)})"
+            )
+    return form
 
 
 class ExecutorchBackend:
@@ -47,33 +109,7 @@ class ExecutorchBackend:
         from qexport.backends.torch.ops import TORCH_OPS
 
         check_lowerable(graph, "executorch", {*TORCH_OPS, Op.LINEAR})
-        for node in graph.nodes:
-            if node.op is not Op.LINEAR:
-                continue
-            x, w = graph.quant.get(node.inputs[0]), graph.quant.get(node.inputs[1])
-            xnnpack = (
-                w is not None
-                and w.dtype is QDType.INT8
-                and w.axis == 0
-                and not w.zero_point.any()
-                and x is not None
-                and x.dynamic
-                and not x.symmetric
-                and x.dtype is QDType.INT8
-                and x.axis == -1
-            )
-            if not xnnpack:
-                raise QExportError(
-                    f"executorch backend: Linear {node.name!r} is not quantized as XNNPACK's dynamic "
-                    f"Linear computes (recipe {RECIPE!r}: int8 per-channel weights, int8 inputs per "
-                    f"token at run time); convert with --recipe {RECIPE} for --to executorch"
-                )
-        for name, spec in graph.quant.items():
-            if name not in graph.constants and not spec.dynamic:
-                raise QExportError(
-                    f"executorch backend: {name!r} has a static activation spec; the .pte runs "
-                    f"recipe {RECIPE!r} (dynamically quantized Linears)"
-                )
+        lowering_form(graph)
 
     def lower(self, graph: Graph, path: Path) -> dict[str, Any]:
         import io
@@ -160,11 +196,13 @@ def float_twin(graph: Graph) -> Graph:
 
 
 def build_program(graph: Graph, *, quantize: bool = True) -> Any:
-    """The ExecutorchProgramManager for ``graph``'s float twin, its Linears quantized by
-    XNNPACK's quantizer to the IR's integers (``quantize``) or left float (the benchmark's fp32
+    """The ExecutorchProgramManager for ``graph``: a dynamic IR as its float twin with the
+    Linears quantized by XNNPACK's quantizer to the IR's integers; a static one as its Q/DQ
+    module (``qdq.py``); with ``quantize=False`` the float twin alone (the benchmark's fp32
     program from the same IR)."""
     import torch
 
+    from qexport.backends.executorch.qdq import QDQModule, own_dequantize
     from qexport.backends.torch.module import IRModule
 
     with _quiet():
@@ -181,9 +219,14 @@ def build_program(graph: Graph, *, quantize: bool = True) -> Any:
     with _quiet(), warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         try:
-            module = IRModule(float_twin(graph), gemm="float", ops={Op.MATMUL: _batched_matmul})
-            exported = torch.export.export(module.eval(), (), example)
-            if quantize:
+            ops = {Op.MATMUL: _batched_matmul, Op.REDUCE_MEAN: _last_axis_mean}
+            if quantize and lowering_form(graph) == "static":
+                exported = torch.export.export(QDQModule(graph, ops=ops).eval(), (), example)
+                exported = torch.export.export(own_dequantize(exported.module()), (), example)
+            else:
+                module = IRModule(float_twin(graph), gemm="float", ops=ops)
+                exported = torch.export.export(module.eval(), (), example)
+            if quantize and lowering_form(graph) == "dynamic":
                 quantizer = XNNPACKQuantizer()
                 quantizer.set_global(get_symmetric_quantization_config(is_per_channel=True, is_dynamic=True))
                 prepared = prepare_pt2e(exported.module(), quantizer)
@@ -217,6 +260,19 @@ def _batched_matmul(xs: list[Any], attrs: dict[str, Any], dims: Any) -> Any:
         return torch.matmul(a, b)
     out = torch.bmm(a.reshape(-1, *a.shape[-2:]), b.reshape(-1, *b.shape[-2:]))
     return out.reshape(*a.shape[:-1], b.shape[-1])
+
+
+def _last_axis_mean(xs: list[Any], attrs: dict[str, Any], dims: Any) -> Any:
+    """A mean over the last axis (LayerNorm's, in the full-integer recipes) as XNNPACK's one
+    mean form: over the two inner axes of a 4-d tensor, kept. Other means as torch's."""
+    import torch
+
+    x = xs[0]
+    axes = [int(a) % x.dim() for a in attrs["axes"]]
+    if axes != [x.dim() - 1] or not attrs["keepdims"] or x.dim() < 2:
+        return torch.mean(x, dim=axes, keepdim=bool(attrs["keepdims"]))
+    inner = torch.mean(x.reshape(-1, x.shape[-2], x.shape[-1], 1), dim=[2, 3], keepdim=True)
+    return inner.reshape(*x.shape[:-1], 1)
 
 
 def _check_integers(graph: Graph, converted: Any) -> None:
