@@ -25,7 +25,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from qexport.backends.executorch.backend import EIGHT_BIT
 from qexport.backends.torch.module import IRModule
 from qexport.ir.arith import dequantize
 from qexport.ir.graph import Graph, Node, QDType
@@ -92,7 +91,7 @@ class QDQModule(IRModule):
 
     def fake_quant(self, name: str, x: torch.Tensor) -> torch.Tensor:
         spec = self.graph.quant[name]
-        if spec.dynamic or spec.axis is not None or spec.dtype not in EIGHT_BIT:
+        if spec.dynamic or spec.axis is not None or spec.dtype not in (QDType.INT8, QDType.UINT8):
             return super().fake_quant(name, x)
         scale, zero = float(spec.scale), int(spec.zero_point) - (128 if spec.dtype is QDType.UINT8 else 0)
         q = torch.ops.quantized_decomposed.quantize_per_tensor(x, scale, zero, -128, 127, torch.int8)
