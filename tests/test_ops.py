@@ -146,8 +146,9 @@ def _lower_and_compare(case: Case, form: str, backend_name: str, bound: float, f
 
 
 EXECUTORCH_FORMS = ("float", "dynamic")
-"""The forms the .pte lowers: float ops, and the dynamic recipe's Linears (XNNPACK's qd8 Linear);
-static and integer forms are refused before writing (tests/test_executorch.py)."""
+"""The forms the .pte lowers op by op: float ops, and the dynamic recipe's Linears (XNNPACK's qd8
+Linear). Its static form (XNNPACK's qs8 Linear, 8-bit in and out: npu-int8) is tested on whole
+models, and the other static and integer forms are refused (tests/test_executorch.py)."""
 
 
 @pytest.mark.parametrize(
