@@ -4,8 +4,8 @@ Without ``--learn`` each recipe calibrates on the 128 calibration docstring sent
 other section does); with it, on the learning text (``learn_text``: those 128, the task's
 training sentences and qexport's built-in learning sentences — none held out anywhere).
 Evaluation on 200 held-out sentences (seq 128), mean-pooled last_hidden_state against the fp32
-graph: the IR of each recipe, and for ``int8`` (the default static recipe) every backend's file,
-against fp32 and against its IR. Also the conversion time (calibration + learning).
+graph: the IR of each recipe, and for ``int8`` (the default static recipe) and ``npu-int8`` (the
+full-integer one) every backend's file, against fp32 and against its IR. Also the conversion time (calibration + learning).
 Writes benchmarks/results/learn.{json,md}.
 
     python -m benchmarks.learn            # ~45 min on 2 cores
@@ -38,6 +38,9 @@ RECIPES = (
     "npu-int8",
 )
 BACKENDS = ("onnx", "tflite", "torch")
+# The recipes whose files are measured too: the default static one, and the full-integer one
+# (which ExecuTorch's XNNPACK also runs in int8).
+FILES = {"int8": BACKENDS, "npu-int8": (*BACKENDS, "executorch")}
 HELD_OUT = 200
 
 
@@ -103,10 +106,8 @@ def run(samples: int = HELD_OUT, recipes: tuple[str, ...] = RECIPES) -> dict[str
                 }
             )
             print(f"{name} {label}: {rows[-1]}", file=sys.stderr, flush=True)
-            if name != "int8":
-                continue
             with tempfile.TemporaryDirectory() as tmp:
-                for target in BACKENDS:
+                for target in FILES.get(name, ()):
                     backend = backends.get(target)
                     path = Path(tmp) / f"model{backend.suffix}"
                     backend.lower(ir, path)
