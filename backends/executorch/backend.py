@@ -220,13 +220,14 @@ def build_program(graph: Graph, *, quantize: bool = True) -> Any:
         warnings.simplefilter("ignore")
         try:
             ops = {Op.MATMUL: _batched_matmul, Op.REDUCE_MEAN: _last_axis_mean}
-            if quantize and lowering_form(graph) == "static":
+            form = lowering_form(graph) if quantize else "float"
+            if form == "static":
                 exported = torch.export.export(QDQModule(graph, ops=ops).eval(), (), example)
                 exported = torch.export.export(own_dequantize(exported.module()), (), example)
             else:
                 module = IRModule(float_twin(graph), gemm="float", ops=ops)
                 exported = torch.export.export(module.eval(), (), example)
-            if quantize and lowering_form(graph) == "dynamic":
+            if form == "dynamic":
                 quantizer = XNNPACKQuantizer()
                 quantizer.set_global(get_symmetric_quantization_config(is_per_channel=True, is_dynamic=True))
                 prepared = prepare_pt2e(exported.module(), quantizer)
