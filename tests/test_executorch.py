@@ -36,7 +36,9 @@ def test_minilm_pte_runs_in_executorch_at_the_irs_numbers(minilm, docstring_text
 @pytest.mark.parametrize("recipe", ["dynamic", "int8-full", "npu-int8"])
 def test_tiny_pte_is_deterministic_and_matches_the_ir(tiny_model_dirs, tmp_path, recipe):
     """Both of XNNPACK's int8 Linears: dynamic (qd8) and static (qs8, the full-integer recipes).
-    Measured on a tiny BERT: 137-139 dB from the IR (dynamic, int8-full), bit-exact (npu-int8)."""
+    Measured on a tiny BERT: 137-139 dB from the IR (dynamic, int8-full), bit-exact (npu-int8).
+    Determinism is checked once per form, dynamic (the quantizer's) and npu-int8 (qdq.py's Q/DQ
+    module): int8-full takes the static form's path too, and a lowering costs 10-35 s even here."""
     graph = qexport.capture(tiny_model_dirs["bert"], seq_len=16)
     calib = random_tokens(graph, 16, samples=8)
     quantized = qexport.quantize(graph, recipe, calibration=calib)
@@ -44,8 +46,9 @@ def test_tiny_pte_is_deterministic_and_matches_the_ir(tiny_model_dirs, tmp_path,
     first, second = tmp_path / "a.pte", tmp_path / "b.pte"
     facts = backend.lower(quantized, first)
     assert facts["linears_in_delegates"] == "all"
-    backend.lower(quantized, second)
-    assert first.read_bytes() == second.read_bytes()
+    if recipe != "int8-full":
+        backend.lower(quantized, second)
+        assert first.read_bytes() == second.read_bytes()
     inputs = {k: v[:4] for k, v in calib.items()}
     out = backend.run(first, inputs)
     simulated = qexport.run_reference(quantized, inputs)

@@ -191,9 +191,12 @@ def test_junit_xml_follows_the_junit_schema(converted):
             assert all(child.tag in {"properties", "failure"} for child in case)
 
 
-def test_assert_parity_helper(converted):
+def test_assert_parity_helper(tiny_model_dirs, tmp_path):
+    """On a tiny BERT (each check of MiniLM costs ~40 s; the helper only passes thresholds on)."""
     from qexport.testing import assert_parity
 
-    assert assert_parity(converted[0])["passed"]
+    out = tmp_path / "out"
+    convert(tiny_model_dirs["bert"], out, ConvertOptions(to=["onnx"], seq_len=16))
+    assert assert_parity(out, min_cos=0.9, min_sqnr=10)["passed"]
     with pytest.raises(AssertionError, match=r"onnx\.last_hidden_state"):
-        assert_parity(converted[0], min_sqnr=60)
+        assert_parity(out, min_sqnr=150)
