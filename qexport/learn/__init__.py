@@ -68,7 +68,7 @@ def learn(
         "GPTQ weight rounding"
     ]
     if recipe.scheme in ("static", "integer") and recipe.learn_layer_epochs:
-        from qexport.learn.blocks import LR_RANGE, reconstruct_layers
+        from qexport.learn.blocks import reconstruct_layers
 
         graph, report = reconstruct_layers(
             float_graph,
@@ -76,7 +76,6 @@ def learn(
             calib,
             epochs=recipe.learn_layer_epochs,
             seed=recipe.learn_seed,
-            range_rate=LR_RANGE[recipe.scheme],
             progress=(lambda i, n: progress("layer reconstruction, layer", i, n)) if progress else None,
         )
         if report["layers"]:
