@@ -218,7 +218,9 @@ def test_npu_int8_learns_its_layers_and_its_files_follow(tiny, tmp_path):
 
 def test_minilm_int8_learn_gains_on_held_out_sentences(minilm, docstring_texts, minilm_int8):
     """The real model, learned as `qexport --learn` learns it without --calib (the built-in
-    learning text), gains on held-out sentences (benchmarks/results/learn.md: all 200)."""
+    learning text), gains on held-out sentences (benchmarks/results/learn.md: all 200).
+    Measured on these 64 (AMD EPYC, 2026-12-07): 24.01 -> 28.91 dB, cos 0.99937; the
+    gate (+3.5 dB) leaves room for another CPU's float rounding in the learning."""
     from benchmarks.measure import parity, pooled
 
     graph = minilm[0].graph
@@ -233,5 +235,5 @@ def test_minilm_int8_learn_gains_on_held_out_sentences(minilm, docstring_texts, 
     fp32 = pooled(run(graph, held, simulate=False)["last_hidden_state"], mask)
     before = parity(pooled(run(minilm_int8, held)["last_hidden_state"], mask), fp32)
     after = parity(pooled(run(learned, held)["last_hidden_state"], mask), fp32)
-    assert after["sqnr_db"] >= before["sqnr_db"] + 2.5
+    assert after["sqnr_db"] >= before["sqnr_db"] + 3.5, (before, after)
     assert after["cos_mean"] >= 0.999
