@@ -5,6 +5,7 @@ and nothing written when lowering fails."""
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,28 +37,41 @@ def _table(name: str) -> dict[Op, Any]:
     return getattr(importlib.import_module(module), attr)
 
 
-def _stored_weight(name: str, path: Path, weight: str) -> tuple[np.ndarray, np.ndarray]:
-    """(integers [M, K], scales) of Linear weight ``weight`` as ``path`` stores them."""
+def _stored_weights(name: str, path: Path) -> Callable[[str], tuple[np.ndarray, np.ndarray]]:
+    """Reads ``path`` once; returns ``weight -> (integers [M, K], scales)`` as the file stores them.
+
+    Once, because loading MiniLM's ``.pt2`` takes ~2 s: once per Linear weight was 70 s."""
     if name == "onnx":
         import onnx
         from onnx import numpy_helper
 
         inits = {t.name: t for t in onnx.load(str(path)).graph.initializer}
-        integers = numpy_helper.to_array(inits[f"{weight}_quantized"]).T
-        return integers, numpy_helper.to_array(inits[f"{weight}_scale"])
+        return lambda weight: (
+            numpy_helper.to_array(inits[f"{weight}_quantized"]).T,
+            numpy_helper.to_array(inits[f"{weight}_scale"]),
+        )
     if name == "torch":
         import torch
 
         state = torch.export.load(str(path)).state_dict
-        key = "c_" + weight.replace(".", "_")
-        return state[f"{key}_transposed"].numpy().T, state[f"{key}_scale"].numpy()
+
+        def from_state(weight: str) -> tuple[np.ndarray, np.ndarray]:
+            key = "c_" + weight.replace(".", "_")
+            return state[f"{key}_transposed"].numpy().T, state[f"{key}_scale"].numpy()
+
+        return from_state
     from ai_edge_litert import schema_py_generated as fb
 
     model = fb.ModelT.InitFromPackedBuf(path.read_bytes(), 0)
     tensors = {t.name.decode(): t for t in model.subgraphs[0].tensors}
-    tensor = tensors.get(f"{weight}_quantized") or tensors[weight]
-    integers = np.frombuffer(bytes(model.buffers[tensor.buffer].data), np.int8).reshape(tensor.shape)
-    return integers, np.asarray(tensor.quantization.scale, np.float32)
+
+    def from_buffers(weight: str) -> tuple[np.ndarray, np.ndarray]:
+        tensor = tensors.get(f"{weight}_quantized") or tensors[weight]
+        data = bytes(model.buffers[tensor.buffer].data)
+        integers = np.frombuffer(data, np.int8).reshape(tensor.shape)
+        return integers, np.asarray(tensor.quantization.scale, np.float32)
+
+    return from_buffers
 
 
 def _pooled(name: str, path: Path, inputs: dict[str, np.ndarray]) -> np.ndarray:
@@ -79,12 +93,12 @@ def _pooled(name: str, path: Path, inputs: dict[str, np.ndarray]) -> np.ndarray:
 @pytest.mark.parametrize("name", BACKENDS)
 def test_linear_integers_and_scales_are_the_irs_bit_for_bit(name, minilm_int8_file, minilm_int8):
     path, _ = minilm_int8_file(name)
-    graph, checked = minilm_int8, 0
+    graph, checked, stored = minilm_int8, 0, _stored_weights(name, path)
     for node in graph.nodes:
         weight = node.inputs[1] if node.op is Op.LINEAR else ""
         if weight not in graph.quant:
             continue
-        integers, scales = _stored_weight(name, path, weight)
+        integers, scales = stored(weight)
         assert integers.dtype == np.int8 and np.array_equal(integers, graph.constants[weight]), weight
         assert scales.astype(np.float32).tobytes() == graph.quant[weight].scale.ravel().tobytes(), weight
         checked += 1
