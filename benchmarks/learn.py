@@ -38,9 +38,9 @@ RECIPES = (
     "npu-int8",
 )
 BACKENDS = ("onnx", "tflite", "torch")
-# The recipes whose files are measured too: the static CPU ones (issue #26: every backend's
-# file of a learned IR stays >= 40 dB from it, TFLite >= 35), and the full-integer one (which
-# ExecuTorch's XNNPACK also runs in int8).
+# The recipes whose files are measured too: the static CPU ones (issue #26 asks that every
+# backend's file of a learned IR stay >= 40 dB from it, TFLite >= 35), and the full-integer one
+# (which ExecuTorch's XNNPACK also runs in int8).
 FILES = {
     **dict.fromkeys(("int8", "int8-mixed", "int8-full", "int16x8"), BACKENDS),
     "npu-int8": (*BACKENDS, "executorch"),
