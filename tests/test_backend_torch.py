@@ -15,7 +15,7 @@ import qexport
 from qexport.backends import get
 from qexport.backends.torch import TorchBackend, ops
 from qexport.backends.torch import gemm as torch_gemm
-from qexport.backends.torch.module import IRModule
+from qexport.backends.torch.module import IRModule, buffer_name
 from qexport.errors import QExportError
 from qexport.ir.ops import Op
 from qexport.reference.kernels import KERNELS
@@ -56,14 +56,14 @@ def test_activation_params_and_biases_are_the_irs_bit_for_bit(int8_pt2, minilm_i
     for name, spec in minilm_int8.quant.items():
         if spec.dynamic:
             continue
-        prefix = "c_" + name.replace(".", "_") + "_"
-        assert state[prefix + "scale"].numpy().tobytes() == spec.scale.tobytes(), name
-        if prefix + "zero_point" in state:
-            assert np.array_equal(state[prefix + "zero_point"].numpy(), spec.zero_point), name
+        scale, zero_point = buffer_name(f"{name}/scale"), buffer_name(f"{name}/zero_point")
+        assert state[scale].numpy().tobytes() == spec.scale.tobytes(), name
+        if zero_point in state:
+            assert np.array_equal(state[zero_point].numpy(), spec.zero_point), name
         else:  # symmetric: the zero point is implied
             assert not spec.zero_point.any(), name
     bias = f"{dense}.bias"
-    assert np.array_equal(state["c_" + bias.replace(".", "_")].numpy(), minilm_int8.constants[bias])
+    assert np.array_equal(state[buffer_name(bias)].numpy(), minilm_int8.constants[bias])
 
 
 def _torch_kernel(op: Op):

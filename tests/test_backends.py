@@ -53,13 +53,13 @@ def _stored_weights(name: str, path: Path) -> Callable[[str], tuple[np.ndarray, 
     if name == "torch":
         import torch
 
+        from qexport.backends.torch.module import buffer_name
+
         state = torch.export.load(str(path)).state_dict
-
-        def from_state(weight: str) -> tuple[np.ndarray, np.ndarray]:
-            key = "c_" + weight.replace(".", "_")
-            return state[f"{key}_transposed"].numpy().T, state[f"{key}_scale"].numpy()
-
-        return from_state
+        return lambda weight: (
+            state[buffer_name(f"{weight}/transposed")].numpy().T,
+            state[buffer_name(f"{weight}/scale")].numpy(),
+        )
     from ai_edge_litert import schema_py_generated as fb
 
     model = fb.ModelT.InitFromPackedBuf(path.read_bytes(), 0)

@@ -30,7 +30,9 @@ from qexport.ir.ops import Op
 from qexport.ir.symbols import bind
 
 
-def _buffer_name(name: str) -> str:
+def buffer_name(name: str) -> str:
+    """The key of IR constant ``name`` (or of ``name/scale``, ``name/transposed``…) in the program's
+    state dict: ``c_`` and the name with every non-alphanumeric character as ``_``."""
     return "c_" + "".join(ch if ch.isalnum() else "_" for ch in name)
 
 
@@ -156,7 +158,7 @@ class IRModule(torch.nn.Module):
         return 128 if spec.dtype.value == "uint8" else 0
 
     def _add(self, name: str, array: np.ndarray) -> None:
-        buffer = _buffer_name(name)
+        buffer = buffer_name(name)
         self.buffer_of[name] = buffer
         self.register_buffer(buffer, torch.from_numpy(np.array(array, copy=True)), persistent=True)
 
