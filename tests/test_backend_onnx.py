@@ -241,3 +241,58 @@ def test_per_channel_activations_quantize_like_the_ir_bit_for_bit():
         ours = session.run(None, {"x": x})[0]
         # equal values; a zero may keep the sign of the x it came from (-0.0 == 0.0)
         assert np.array_equal(ours, expected)
+
+
+@pytest.mark.parametrize("bias_form", ["int32", "float"])
+def test_int16_linears_are_the_irs_bit_for_bit(backend, tmp_path, bias_form):
+    """onnxruntime has no int16 GEMM: an int16-input Linear is summed in two 8-bit halves on
+    MatMulInteger and joined in float64 (backends/onnx/int16_linear.py). Every step the split
+    can meet (both ends of int16, multiples of 256 and their neighbours) times the largest int8
+    weights, with sums far past float32's 2**24, must give the IR's bits: optimized or not, and
+    with the U8U8 kernels qexport's sessions use on x86 without VNNI."""
+    from qexport.backends.onnx.backend import OnnxBackend
+    from qexport.backends.onnx.session import new_session, session_options
+    from qexport.ir.graph import QDType, QuantSpec
+    from qexport.reference.executor import run as reference_run
+    from tests.op_cases import VOCAB, CaseGraph
+
+    width, channels, s_x = 16, 6, np.float32(2.0**-10)
+    edges = [-32768, -32767, -32513, -32512, -257, -256, -255, -129, -128, -1, 0, 1, 127, 128, 255, 256]
+    edges += [257, 32511, 32512, 32767]
+    rng = np.random.default_rng(3)
+    steps = rng.integers(-32768, 32768, (VOCAB, width))
+    steps.flat[: len(edges)] = edges
+    steps[0] = 32767  # a row of the largest step ...
+    g = CaseGraph()
+    x = g.node(Op.GATHER, [g.const((steps * s_x).astype(np.float32)), "input_ids"])
+    weights = rng.integers(-127, 128, (channels, width)).astype(np.int8)
+    weights[0], weights[1] = 127, -127  # ... by the largest weights: |acc| = 6.7e7 > 2**24
+    s_w = np.geomspace(1e-3, 0.3, channels).astype(np.float32)
+    bias = rng.standard_normal(channels)  # in steps of s_x·s_w (int32) or real
+    bias = (bias * 1e6).astype(np.int32) if bias_form == "int32" else bias.astype(np.float32)
+    w_name, b_name = g.const(weights * s_w[:, None]), g.const(bias.astype(np.float32))
+    g.graph.outputs["y"] = g.node(Op.LINEAR, [x, w_name, b_name])
+    graph = g.graph
+    graph.constants[w_name] = weights
+    graph.quant[x] = QuantSpec(QDType.INT16, np.asarray(s_x), np.asarray(0, np.int32))
+    graph.quant[w_name] = QuantSpec(QDType.INT8, s_w, np.zeros(channels, np.int32), axis=0)
+    if bias_form == "int32":
+        graph.constants[b_name] = bias
+        graph.quant[b_name] = QuantSpec(
+            QDType.INT32, (s_x * s_w).astype(np.float32), np.zeros(channels, np.int32), axis=0
+        )
+    graph.validate()
+    path = tmp_path / "int16_linear.onnx"
+    backend.lower(graph, path)
+    assert [n.op_type for n in onnx.load(str(path)).graph.node].count("MatMulInteger") == 1
+    plain = tmp_path / "plain.onnx"  # DequantizeLinear and a float MatMul: what the halves replace
+    OnnxBackend(integer_linears=False).lower(graph, plain)
+    sessions = [session_options(optimize=True), session_options(optimize=False), session_options()]
+    sessions[2].add_session_config_entry("session.x64quantprecision", "1")  # U8U8, as on AVX2 CPUs
+    feeds = [{"input_ids": (np.arange(8, dtype=np.int64)[None] + start) % VOCAB} for start in (0, 4)]
+    for feed in feeds:
+        want = reference_run(graph, feed)["y"]
+        for options in sessions:
+            got = backend.run(path, feed, session=new_session(str(path), options))["y"]
+            assert np.array_equal(got, want), (bias_form, options.graph_optimization_level)
+        assert not np.array_equal(backend.run(plain, feed)["y"], want)  # these inputs tell them apart

@@ -88,6 +88,17 @@ class OnnxBuilder:
         )
         return name
 
+    def activation_steps(self, value: str) -> str:
+        """The static activation ``value``'s integer steps ``q - z`` as float32, ``value_integers``:
+        DequantizeLinear of ``value_quantized`` with scale 1 (once per value: Q, K and V share it)."""
+        key = f"{value}:integers"
+        if key not in self.cache:
+            one = self.const(np.array(1.0, np.float32))
+            self.cache[key] = self.node(
+                "DequantizeLinear", [f"{value}_quantized", one, f"{value}_zero_point"], f"{value}_integers"
+            )
+        return self.cache[key]
+
     def qdq_activation(self, value: str, produced: str, spec: QuantSpec) -> None:
         """QuantizeLinear + DequantizeLinear from ``produced`` (float) to ``value``.
 

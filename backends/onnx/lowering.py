@@ -14,7 +14,8 @@ import onnx
 from qexport.backends import registrar
 from qexport.backends.onnx.attention import lower_attention
 from qexport.backends.onnx.builder import OnnxBuilder
-from qexport.backends.onnx.linears import qgemm_linear, steps_linear
+from qexport.backends.onnx.int16_linear import lower_int16_linear
+from qexport.backends.onnx.linears import int16_linear, qgemm_linear, steps_linear
 from qexport.backends.onnx.symbolic import expr_tensor, shape_tensor
 from qexport.ir.graph import Node
 from qexport.ir.ops import Op
@@ -96,10 +97,15 @@ def lower_linear(b, node, xs, out):
     """Gemm on [rows, K] with the weight stored transposed [K, M] (+ bias), reshaped around it
     for 3-D inputs. An integer Linear (static 8-bit input, int8 weight) multiplies integer-valued
     floats and rescales after the Gemm, so that onnxruntime's fused QGemm and the unfused graph
-    give the same bits; anything else is a Gemm of dequantized values. See docs/backend-onnx.md.
+    give the same bits; an int16 input is summed in two 8-bit halves (``int16_linear``); anything
+    else is a Gemm of dequantized values. See docs/backend-onnx.md.
     """
     graph = b.graph
     x, w = node.inputs[0], node.inputs[1]
+    static_input = x not in graph.inputs and x not in graph.constants
+    if b.integer_linears and static_input and int16_linear(graph, node):
+        lower_int16_linear(b, node, out)
+        return
     integers = graph.constants[w]
     in_shape = (graph.values.get(x) or graph.inputs[x]).shape
     flat = len(in_shape) == 2
@@ -152,10 +158,7 @@ def _integer_linear_inputs(b: OnnxBuilder, node: Node) -> tuple[list[str], list[
         return None
     x_spec, w_spec, b_spec = graph.quant[x], graph.quant[w], graph.quant.get(bias)
     one = b.const(np.array(1.0, np.float32))
-    x_int = b.cache.get(f"{x}:integers")
-    if x_int is None:  # Q, K and V read the same input: dequantize it once
-        x_int = b.node("DequantizeLinear", [f"{x}_quantized", one, f"{x}_zero_point"], f"{x}_integers")
-        b.cache[f"{x}:integers"] = x_int
+    x_int = b.activation_steps(x)
     w_q = b.initializer(f"{w}_quantized", np.ascontiguousarray(graph.constants[w].T))
     # The weight's own all-zero zero point: onnxruntime rewrites int8 zero points to uint8 under
     # the initializer's name (x64quantprecision), and one shared by several weights fails that.

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from qexport.backends.onnx.linears import float_linears, integer_input_linear, steps_linear
+from qexport.backends.onnx.linears import float_linears, int16_linear, integer_input_linear, steps_linear
 from qexport.ir.graph import Graph
 from qexport.ir.ops import Op
 from qexport.report.notes import WITHOUT_VNNI, note
@@ -37,7 +37,11 @@ def cpu_notes(graph: Graph, integer_linears: bool) -> list[dict[str, Any]]:
     notes = slow_path_notes(graph, integer_linears)
     if any(node.op is Op.SOFTMAX for node in graph.nodes):
         notes.append(SPEED_NOTE)
-    if any(integer_input_linear(graph, node) for node in graph.nodes):  # U8S8 saturates there
+    u8s8 = [
+        integer_input_linear(graph, node) or (integer_linears and int16_linear(graph, node))
+        for node in graph.nodes
+    ]
+    if any(u8s8):  # U8S8 saturates there
         notes.append(PRECISION_NOTE)
     return notes
 
