@@ -7,8 +7,12 @@ import resource
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from qexport.ir.graph import Graph
 
 
 def interleaved_latency(
@@ -45,6 +49,18 @@ def ratio(per_round: dict[str, list[float]], key: str, base: str) -> float:
 def pooled(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
     m = mask[..., None].astype(np.float32)
     return (hidden * m).sum(1) / m.sum(1)
+
+
+def ir_pooled(graph: Graph, held: dict[str, np.ndarray]) -> np.ndarray:
+    """The IR simulation's mean-pooled ``last_hidden_state`` on ``held``, 8 sentences at a time."""
+    import qexport
+
+    rows = len(held["input_ids"])
+    hidden = [
+        qexport.run_reference(graph, {k: v[s : s + 8] for k, v in held.items()})["last_hidden_state"]
+        for s in range(0, rows, 8)
+    ]
+    return pooled(np.concatenate(hidden), held["attention_mask"])
 
 
 def parity(ours: np.ndarray, ref: np.ndarray) -> dict[str, float]:

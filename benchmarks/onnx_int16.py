@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks import peers
-from benchmarks.measure import interleaved_latency, minilm_texts, parity, pooled, ratio, write_results
+from benchmarks.measure import interleaved_latency, ir_pooled, minilm_texts, parity, ratio, write_results
 
 FP32 = "qexport fp32"
 RECIPES = ("int8-mixed", "int16x8")
@@ -40,18 +40,9 @@ def run(samples: int) -> dict[str, Any]:
     model_dir, calib, held = minilm_texts(samples)
     one = {k: v[:1] for k, v in held.items()}
     hf = AutoModel.from_pretrained(str(model_dir)).eval()
-    with torch.no_grad():
-        ref = np.concatenate(
-            [
-                pooled(
-                    hf(
-                        **{k: torch.from_numpy(v[s : s + 8]) for k, v in held.items()}
-                    ).last_hidden_state.numpy(),
-                    held["attention_mask"][s : s + 8],
-                )
-                for s in range(0, samples, 8)
-            ]
-        )
+    ref = peers._run_torch(lambda b: hf(**b).last_hidden_state, model_dir / "model.safetensors", held, one)[
+        "pooled"
+    ]
     graph = qexport.capture(model_dir, seq_len=128)
     work = Path(tempfile.mkdtemp(prefix="qexport-onnx-int16-"))
     fp32 = work / "fp32.onnx"
@@ -60,15 +51,7 @@ def run(samples: int) -> dict[str, Any]:
     rows: list[dict[str, Any]] = [{"tool": FP32, "_call": result["call"], **parity(result["pooled"], ref)}]
     for recipe in RECIPES:
         ir = qexport.quantize(graph, recipe, calibration=calib)
-        sim = pooled(
-            np.concatenate(
-                [
-                    qexport.run_reference(ir, {k: v[s : s + 8] for k, v in held.items()})["last_hidden_state"]
-                    for s in range(0, samples, 8)
-                ]
-            ),
-            held["attention_mask"],
-        )
+        sim = ir_pooled(ir, held)
         for form, integer in FORMS.items():
             path = work / f"{recipe}.{'halves' if integer else 'qdq'}.onnx"
             start = time.monotonic()

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks import peers
-from benchmarks.measure import interleaved_latency, minilm_texts, parity, pooled, ratio, write_results
+from benchmarks.measure import interleaved_latency, ir_pooled, minilm_texts, parity, ratio, write_results
 
 EAGER = "torch eager fp32"
 AVX2_ENV = {
@@ -52,7 +52,6 @@ def run(samples: int, gemm: str = "auto") -> dict[str, Any]:
     torch.set_num_threads(2)
     model_dir, calib, held = minilm_texts(samples)
     one = {k: v[:1] for k, v in held.items()}
-    mask = held["attention_mask"]
     hf = AutoModel.from_pretrained(str(model_dir)).eval()
     eager = peers._run_torch(lambda b: hf(**b).last_hidden_state, model_dir / "model.safetensors", held, one)
     ref = eager["pooled"]
@@ -64,15 +63,7 @@ def run(samples: int, gemm: str = "auto") -> dict[str, Any]:
         targets.append(("torch-aoti", ".aoti.pt2", peers.torch_aoti_package))
     for recipe in ("fp32", "int8"):
         ir = qexport.quantize(graph, recipe, calibration=calib)
-        sim = pooled(
-            np.concatenate(
-                [
-                    qexport.run_reference(ir, {k: v[s : s + 8] for k, v in held.items()})["last_hidden_state"]
-                    for s in range(0, samples, 8)
-                ]
-            ),
-            mask,
-        )
+        sim = ir_pooled(ir, held)
         for backend, suffix, load in targets:
             path = work / f"{recipe}{suffix}"
             start = time.monotonic()
