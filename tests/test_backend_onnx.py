@@ -282,6 +282,7 @@ def test_int16_linears_are_the_irs_bit_for_bit(backend, tmp_path, bias_form):
             QDType.INT32, (s_x * s_w).astype(np.float32), np.zeros(channels, np.int32), axis=0
         )
     graph.validate()
+    assert [n["text"].split(" run as ")[0] for n in slow_path_notes(graph)] == ["onnx: 1 int16-input Linears"]
     path = tmp_path / "int16_linear.onnx"
     backend.lower(graph, path)
     assert [n.op_type for n in onnx.load(str(path)).graph.node].count("MatMulInteger") == 1

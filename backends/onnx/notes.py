@@ -68,6 +68,16 @@ def slow_path_notes(graph: Graph, integer_linears: bool = True) -> list[dict[str
                 "dynamic ~1.3x; docs/backend-onnx.md)",
             )
         )
+    if integer_linears and (wide := sum(int16_linear(graph, node) for node in graph.nodes)):
+        notes.append(
+            note(
+                f"onnx: {wide} int16-input Linears run as two int8 GEMMs each (exact, about fp32 speed "
+                "each); int8 is the fast ONNX recipe",
+                "onnxruntime has no int16 GEMM: each int16-input Linear is summed in two 8-bit halves "
+                "on MatMulInteger, bit for bit the IR's, about one fp32 Gemm's time (MiniLM int16x8 "
+                "~1.2x fp32, int8-mixed ~0.6x; docs/backend-onnx.md)",
+            )
+        )
     if count := float_linears(graph, integer_linears):
         notes.append(
             note(
