@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from qexport.errors import QExportError
+from qexport.ir import gelu_rational
 from qexport.ir.graph import Graph, Node, QDType, QuantSpec, ValueInfo, copy_graph
 from qexport.ir.ops import Op
 from qexport.quant.calibration import CalibrationSet, collect_samples, observe_channels
@@ -134,6 +135,11 @@ def quantize_graph(
             _op_input_specs(out, recipe, calib)
         if recipe.linear_outputs == "int8" and calib is not None:
             _linear_output_specs(out, recipe, calib)
+        if recipe.activation_dtype != "int16":
+            # An int16 island reading a GELU in an 8-bit model: the runtimes' own GELUs round
+            # apart by ulps, which int16 steps see and the 8-bit layers after them grow.
+            for gelu in gelus_read_in_int16(out):
+                gelu_rational.rewrite(out, gelu)
     elif recipe.scheme == "dynamic":
         for name in act_values:
             out.quant[name] = dynamic_activation_spec(recipe)
@@ -147,6 +153,27 @@ def quantize_graph(
                     out.quant[node.inputs[0]] = spec
     out.validate()
     return out
+
+
+def gelus_read_in_int16(graph: Graph) -> list[Node]:
+    """erf GELUs whose output is quantized to int16, itself or through Muls by constants (the
+    smoothing Mul): where ``qexport.ir.gelu_rational`` replaces the runtimes' own GELU."""
+    consumers = graph.consumers()
+
+    def int16_below(value: str) -> bool:
+        spec = graph.quant.get(value)
+        if spec is not None and not spec.dynamic and spec.dtype is QDType.INT16:
+            return True
+        return any(
+            c.op is Op.MUL and any(v in graph.constants for v in c.inputs) and int16_below(c.outputs[0])
+            for c in consumers.get(value, [])
+        )
+
+    return [
+        n
+        for n in graph.nodes
+        if n.op is Op.GELU and n.attrs.get("approximate", "none") == "none" and int16_below(n.outputs[0])
+    ]
 
 
 def dynamic_activation_spec(recipe: Recipe) -> QuantSpec:
