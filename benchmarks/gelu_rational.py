@@ -14,7 +14,6 @@ fp32, and against each file's own IR simulation.
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ from unittest import mock
 import numpy as np
 
 from benchmarks import peers
-from benchmarks.measure import interleaved_latency, ir_pooled, minilm_texts, parity, ratio, write_results
+from benchmarks.measure import interleaved_latency, ir_pooled, minilm_texts, parity, ratio, samples_main
 
 RECIPE = "int8-mixed"
 FORMS = ("runtime GELU", "rational GELU")
@@ -113,14 +112,7 @@ def to_markdown(result: dict[str, Any]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--samples", type=int, default=200)
-    args = parser.parse_args()
-    from benchmarks.measure import cpu_description
-
-    result = run(args.samples)
-    result["cpu"] = cpu_description()
-    write_results("gelu_rational", result, to_markdown(result))
+    samples_main("gelu_rational", __doc__, run, to_markdown)
 
 
 if __name__ == "__main__":

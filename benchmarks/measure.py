@@ -129,3 +129,16 @@ def write_results(stem: str, result: dict, markdown: str) -> None:
     (out / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
     (out / f"{stem}.md").write_text(markdown)
     print(markdown)
+
+
+def samples_main(
+    stem: str, doc: str | None, run: Callable[[int], dict], to_markdown: Callable[[dict], str]
+) -> None:
+    """The command line of a standalone section taking ``--samples``: run, name the CPU, write."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=doc)
+    parser.add_argument("--samples", type=int, default=200)
+    result = run(parser.parse_args().samples)
+    result["cpu"] = cpu_description()
+    write_results(stem, result, to_markdown(result))

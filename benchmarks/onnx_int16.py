@@ -12,7 +12,6 @@ held-out sentences against torch fp32, and against the IR simulation.
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 import time
 from pathlib import Path
@@ -21,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks import peers
-from benchmarks.measure import interleaved_latency, ir_pooled, minilm_texts, parity, ratio, write_results
+from benchmarks.measure import interleaved_latency, ir_pooled, minilm_texts, parity, ratio, samples_main
 
 FP32 = "qexport fp32"
 RECIPES = ("int8-mixed", "int16x8")
@@ -94,14 +93,7 @@ def to_markdown(result: dict[str, Any]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--samples", type=int, default=200)
-    args = parser.parse_args()
-    from benchmarks.measure import cpu_description
-
-    result = run(args.samples)
-    result["cpu"] = cpu_description()
-    write_results("onnx_int16", result, to_markdown(result))
+    samples_main("onnx_int16", __doc__, run, to_markdown)
 
 
 if __name__ == "__main__":
