@@ -1,4 +1,6 @@
-"""GELU written in the float32 operations every runtime rounds alike (docs/ir.md, "Rational GELU").
+"""GELU written in the float32 operations every runtime rounds alike.
+
+Decided in docs/decisions/0008; the IR's side in docs/ir.md ("GELUs read by int16 quantizers").
 
 Each runtime brings its own GELU: onnxruntime's, XNNPACK's and LiteRT's erf differ from the
 correctly rounded result (the reference's) on about half the values, by an ulp or more. Where an
