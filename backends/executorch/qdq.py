@@ -49,7 +49,7 @@ class QDQModule(IRModule):
         for name, spec in graph.quant.items():
             if name in graph.constants and name not in weights:
                 self._add(f"{name}/dequantized", dequantize(graph.constants[name], spec))
-        self.exact_gelus = set()  # XNNPACK's float32 GELU: see docs/backend-executorch.md
+        self.exact: dict[str, Op] = {}  # XNNPACK's float32 GELU and LayerNorm: docs/backend-executorch.md
 
     def _row_quantized(self, table: str) -> bool:
         return False  # tables are float: a gather of int8 rows then a cast runs on portable kernels

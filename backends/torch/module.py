@@ -23,7 +23,8 @@ import numpy as np
 import torch
 
 from qexport.backends.torch.gemm import GEMMS
-from qexport.backends.torch.ops import TORCH_OPS, cast, exact_gelu
+from qexport.backends.torch.ops import TORCH_OPS, cast, exact_gelu, exact_layer_norm
+from qexport.ir import exact_ops
 from qexport.ir.graph import Graph, Node, QDType, QuantSpec
 from qexport.ir.linear import LinearForm, classify
 from qexport.ir.ops import Op
@@ -90,21 +91,7 @@ class IRModule(torch.nn.Module):
             if name not in graph.constants and not spec.dynamic:
                 self._add(f"{name}/scale", spec.scale)
                 self._add(f"{name}/zero_point", spec.zero_point)
-        # GELUs whose result is quantized next (directly, or through the smoothing Mul) run the
-        # IR's exact GELU; elsewhere torch's float32 kernel is ~7x cheaper and flips nothing.
-        self.exact_gelus = {
-            n.name
-            for n in graph.nodes
-            if n.op is Op.GELU
-            and n.attrs.get("approximate", "none") == "none"
-            and (
-                n.outputs[0] in graph.quant
-                or any(
-                    c.op is not Op.LINEAR and c.outputs[0] in graph.quant
-                    for c in consumers.get(n.outputs[0], [])
-                )
-            )
-        }
+        self.exact = exact_ops.exact_ops(graph)  # run in float64 as the IR does
 
     def _float_bias(self, node: Node) -> np.ndarray:
         """The Linear's bias as float32 (dequantized once here; zeros when absent)."""
@@ -314,14 +301,17 @@ class IRModule(torch.nn.Module):
                 result = self.linear(node, raw, env, integers)
             elif node.op is Op.GATHER and self._row_quantized(node.inputs[0]):
                 result = self.gather_rows(node.inputs[0], env[node.inputs[1]])
-            elif node.name in self.exact_gelus:
-                result = exact_gelu(env[node.inputs[0]])
             else:
                 args = [
                     None if not i else (self.constant(i) if i in graph.constants else env[i])
                     for i in node.inputs
                 ]
-                result = self.ops[node.op](args, node.attrs, dims)
+                if self.exact.get(node.name) is Op.GELU:
+                    result = exact_gelu(args[0])
+                elif self.exact.get(node.name) is Op.LAYER_NORM:
+                    result = exact_layer_norm(args, node.attrs)
+                else:
+                    result = self.ops[node.op](args, node.attrs, dims)
             out = node.outputs[0]
             if out in graph.quant:
                 raw[out] = result

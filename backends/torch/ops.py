@@ -6,9 +6,10 @@ Each takes (inputs, attrs, dims) like the reference kernels, with torch tensors.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
+import numpy as np
 import torch
 
 from qexport.backends import registrar
@@ -83,6 +84,20 @@ def exact_gelu(x: torch.Tensor) -> torch.Tensor:
     """
     wide = cast(x, torch.float64)
     return cast((wide * 0.5) * (torch.erf(wide / math.sqrt(2.0)) + 1.0), x.dtype)
+
+
+def exact_layer_norm(xs: list[Any], attrs: Mapping[str, Any]) -> torch.Tensor:
+    """The IR's LayerNorm bit for bit: normalized in float64, rounded to float32 once.
+
+    torch's float32 kernel differs from it on about a third of outputs (its own summation
+    order), enough to flip the uint8 quantizers after it (docs/backend-torch.md, "LayerNorm in
+    float64"). In float64 the order no longer shows once rounded.
+    """
+    x, w, b = ([*xs, None, None])[:3]
+    shape = list(x.shape[-int(attrs["num_axes"]) :])
+    wide = [None if v is None else cast(v, torch.float64) for v in (x, w, b)]
+    eps = float(np.float32(attrs["eps"]))  # the float32 it is stored as, as the reference reads it
+    return cast(torch.nn.functional.layer_norm(wide[0], shape, wide[1], wide[2], eps=eps), x.dtype)
 
 
 @op(Op.GATHER)
