@@ -19,6 +19,7 @@ from qexport.errors import QExportError
 
 if TYPE_CHECKING:
     from qexport.ir import Graph
+    from qexport.quant.recipe import Recipe
 
 __version__ = "0.1.0"
 __all__ = ["QExportError", "__version__", "capture", "ir", "quantize", "run_reference"]
@@ -39,14 +40,14 @@ def capture(
 
 def quantize(
     graph: Graph,
-    recipe: str | Path = "int8",
+    recipe: str | Path | Recipe = "int8",
     calibration: str | Path | dict[str, np.ndarray] | None = None,
     *,
     tokenizer: str | Path | None = None,
     seq_len: int | None = None,
     learn: bool = False,
 ) -> Graph:
-    """Apply a recipe (built-in name or .toml/.json file) to a float graph.
+    """Apply a recipe (built-in name, .toml/.json file or a ``Recipe``) to a float graph.
 
     ``calibration`` is a text file (one example per line, needs ``tokenizer``), an ``.npz`` of
     named arrays, or a dict of arrays with a leading sample axis; None uses built-in sentences.

@@ -129,7 +129,8 @@ def convert_cmd(
         str | None,
         typer.Option(
             "--recipe",
-            help="One recipe for every target: int8 (static), int8-full (int8 Linear outputs too), "
+            help="One recipe for every target: int8 (static), int8-full (int8 Linear outputs too; files "
+            "compute the float ops before each quantizer with the IR's bits, at a latency cost), "
             "dynamic (run-time activation scales), int8-mixed, int16x8, weight-only, fp32, the "
             "full-integer npu-int16, npu-mixed, npu-int8, or a "
             ".toml/.json file. Default: each target's fast recipe (tflite, executorch: dynamic; onnx, "

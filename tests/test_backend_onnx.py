@@ -202,6 +202,32 @@ def test_sessions_leave_the_callers_float_state_alone(int8_onnx, backend, docstr
     )
 
 
+def test_exact_floats_run_layer_norms_in_float64(tiny_model_dirs, backend, tmp_path):
+    """onnxruntime's float32 LayerNormalization rounds apart from the IR's exact LayerNorm on about
+    a third of the values. With the recipe's ``exact_floats`` (``int8-full``) a LayerNorm whose
+    result is quantized next runs on doubles and is cast back once, which gives the IR's bits;
+    the last one, read by no quantizer, and every LayerNorm of ``int8`` stay float32."""
+    from qexport.backends.onnx.session import run_intermediates
+    from qexport.reference.executor import run as reference_run
+
+    graph = qexport.capture(tiny_model_dirs["bert"], seq_len=16)
+    ids = np.random.default_rng(0).integers(1, 500, (4, 16))
+    batch = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
+    for recipe, wide in (("int8-full", True), ("int8", False)):
+        quantized = qexport.quantize(graph, recipe)
+        assert bool(quantized.metadata.get("exact_floats")) == wide
+        path = tmp_path / f"{recipe}.onnx"
+        backend.lower(quantized, path)
+        norms = [n for n in onnx.load(str(path)).graph.node if n.op_type == "LayerNormalization"]
+        doubles = [n.input[0].endswith("_float64") for n in norms]
+        assert doubles == [wide] * (len(norms) - 1) + [False], recipe
+        # The embeddings' LayerNorm reads the same float inputs in both (Gathers and Adds).
+        name = next(n.name for n in quantized.nodes if n.op is Op.LAYER_NORM)
+        got = run_intermediates(path, batch, [name])[name]
+        want = reference_run(quantized, batch, keep=[name])[name]
+        assert np.array_equal(got, want) == wide, recipe
+
+
 def test_per_channel_activations_quantize_like_the_ir_bit_for_bit():
     """A last-axis per-channel activation (int8-full's outlier-split Linear outputs) is written
     as float ops, not onnxruntime's slow per-axis QuantizeLinear; it must still be the IR's

@@ -12,7 +12,7 @@ from qexport import backends
 from qexport.ir import gelu_rational
 from qexport.ir.graph import QDType
 from qexport.ir.ops import Op
-from qexport.quant.engine import gelus_read_in_int16, quantize_graph
+from qexport.quant.engine import gelus_to_rewrite, quantize_graph
 from qexport.quant.recipe import resolve
 from qexport.reference.executor import run as reference_run
 from tests.op_cases import SEQ, VOCAB, CaseGraph
@@ -80,10 +80,11 @@ def test_every_runtime_computes_the_references_bits(name, tmp_path):
         assert np.array_equal(got, want), f"{name}: {np.mean(got != want):.2%} of values differ"
 
 
-def test_gelus_read_by_int16_islands_are_rewritten_and_no_other(tiny_model_dirs):
+def test_gelus_read_by_int16_islands_or_exact_floats_are_rewritten_and_no_other(tiny_model_dirs):
     """An 8-bit recipe with int16 FFN inputs (int8-mixed's islands, by rule here) rewrites the
-    GELUs before them; int8 and int16x8 (every quantizer int16: its files stay 65 dB from the
-    IR with the runtimes' own GELU) keep the op."""
+    GELUs before them, and one with ``exact_floats`` (int8-full) every GELU a quantizer reads;
+    int8 and int16x8 (every quantizer int16: its files stay 65 dB from the IR with the
+    runtimes' own GELU) keep the op."""
     import qexport
     from qexport.quant.calibration import load_calibration
     from qexport.quant.recipe import LayerRule
@@ -95,13 +96,14 @@ def test_gelus_read_by_int16_islands_are_rewritten_and_no_other(tiny_model_dirs)
     )
     gelus = [n.name for n in graph.nodes if n.op is Op.GELU]
     assert gelus
-    for recipe, rewritten in ((islands, gelus), (resolve("int8"), []), (resolve("int16x8"), [])):
+    cases = [(islands, gelus), (resolve("int8-full"), gelus), (resolve("int8"), []), (resolve("int16x8"), [])]
+    for recipe, rewritten in cases:
         quantized = quantize_graph(graph, recipe, calib)
         kept = [n.name for n in quantized.nodes if n.op is Op.GELU]
         rational = sorted({n.name.split(".rational.")[0] for n in quantized.nodes if ".rational." in n.name})
         assert (rational, sorted(kept + rational)) == (sorted(rewritten), sorted(gelus)), recipe.name
         if recipe is islands:
-            assert not gelus_read_in_int16(quantized)
+            assert not gelus_to_rewrite(quantized)
             assert all(
                 quantized.quant[n.inputs[0]].dtype is QDType.INT16
                 for n in quantized.nodes

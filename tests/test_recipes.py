@@ -7,7 +7,7 @@ import pytest
 
 import qexport
 from qexport.quant.calibration import CalibrationError
-from qexport.quant.recipe import BUILTIN, RecipeError, resolve
+from qexport.quant.recipe import BUILTIN, Recipe, RecipeError, from_dict, resolve, to_dict
 
 
 def test_builtin_recipes():
@@ -81,3 +81,19 @@ def test_npz_calibration_works(tiny_graph, tmp_path):
     np.savez(tmp_path / "c.npz", **arrays)
     graph = qexport.quantize(tiny_graph, "int8", tmp_path / "c.npz")
     assert graph.metadata["calibration"]["origin"] == "npz:c.npz"
+
+
+def test_exact_floats_is_for_static_recipes():
+    assert resolve("int8-full").exact_floats and not resolve("int8").exact_floats
+    fast = from_dict({"base": "int8-full", "exact_floats": False})
+    assert not fast.exact_floats and fast.linear_outputs == "int8"
+    with pytest.raises(RecipeError, match="exact_floats needs scheme = 'static'"):
+        Recipe(scheme="dynamic", activation_dtype="int8", exact_floats=True)
+
+
+def test_a_recipe_file_may_set_every_field():
+    """Each key ``to_dict`` writes reads back (a field missing from ``from_dict``'s type table
+    used to raise a KeyError instead of taking the value)."""
+    for name, recipe in BUILTIN.items():
+        doc = to_dict(recipe)
+        assert from_dict({"base": name, **doc}, where=recipe.name) == recipe

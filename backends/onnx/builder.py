@@ -14,6 +14,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from qexport.ir import exact_ops
 from qexport.ir.graph import Graph, QuantSpec
 
 _Q_TYPES = {
@@ -30,6 +31,7 @@ _UNSIGNED = {"int8": ("uint8", 128), "int16": ("uint16", 32768)}
 class OnnxBuilder:
     def __init__(self, graph: Graph, integer_linears: bool = True, unsigned: bool = False) -> None:
         self.graph = graph
+        self.exact = exact_ops.exact_ops(graph) if graph.metadata.get("exact_floats") else {}  # lowering
         self.integer_linears = integer_linears  # see OnnxBackend
         self.unsigned = unsigned  # per-tensor int8/int16 written as uint8/uint16 (QNN's HTP; OnnxBackend)
         self.nodes: list[onnx.NodeProto] = []
@@ -44,6 +46,12 @@ class OnnxBuilder:
     def node(self, op: str, inputs: list[str], output: str, name: str | None = None, **attrs: Any) -> str:
         self.nodes.append(helper.make_node(op, inputs, [output], name=name or output, **attrs))
         return output
+
+    def cached(self, output: str, op: str, inputs: list[str], **attrs: Any) -> str:
+        """``output`` = ``op(inputs)``, written once however many nodes ask for it."""
+        if output not in self.cache:
+            self.cache[output] = self.node(op, inputs, output, **attrs)
+        return self.cache[output]
 
     def initializer(self, name: str, array: np.ndarray) -> str:
         if name not in self.initializers:

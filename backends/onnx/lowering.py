@@ -222,14 +222,15 @@ def lower_layer_norm(b, node, xs, out):
     size = int(np.prod(shape))
     weight = xs[1] if len(xs) > 1 and xs[1] else b.const(np.ones(shape, np.float32))
     bias = xs[2] if len(xs) > 2 and xs[2] else b.const(np.zeros(size, np.float32).reshape(shape))
-    b.node(
-        "LayerNormalization",
-        [xs[0], weight, bias],
-        out,
-        name=node.name,
-        axis=-axes,
-        epsilon=float(node.attrs["eps"]),
-    )
+    attrs = {"axis": -axes, "epsilon": float(node.attrs["eps"])}
+    if node.name not in b.exact:
+        b.node("LayerNormalization", [xs[0], weight, bias], out, name=node.name, **attrs)
+        return
+    # A quantizer reads it and the recipe asks for exact floats: normalize in float64 and round
+    # once, the IR's exact LayerNorm (docs/backend-onnx.md, "LayerNorm in float64").
+    wide = [b.cached(f"{v}_float64", "Cast", [v], to=onnx.TensorProto.DOUBLE) for v in (xs[0], weight, bias)]
+    normalized = b.node("LayerNormalization", wide, f"{out}_float64", **attrs)
+    b.node("Cast", [normalized], out, name=node.name, to=onnx.TensorProto.FLOAT)
 
 
 @lowers(Op.GELU)

@@ -19,6 +19,7 @@ import numpy as np
 
 from qexport.errors import QExportError
 from qexport.ir import gelu_rational
+from qexport.ir.exact_ops import quantized_next
 from qexport.ir.graph import Graph, Node, QDType, QuantSpec, ValueInfo, copy_graph
 from qexport.ir.ops import Op
 from qexport.quant.calibration import CalibrationSet, collect_samples, observe_channels
@@ -136,10 +137,10 @@ def quantize_graph(
         if recipe.linear_outputs == "int8" and calib is not None:
             _linear_output_specs(out, recipe, calib)
         if recipe.activation_dtype != "int16":
-            # An int16 island reading a GELU in an 8-bit model: the runtimes' own GELUs round
-            # apart by ulps, which int16 steps see and the 8-bit layers after them grow.
-            for gelu in gelus_read_in_int16(out):
+            for gelu in gelus_to_rewrite(out, recipe.exact_floats):
                 gelu_rational.rewrite(out, gelu)
+        if recipe.exact_floats:
+            out.metadata["exact_floats"] = True  # read by the backends (qexport.ir.exact_ops)
     elif recipe.scheme == "dynamic":
         for name in act_values:
             out.quant[name] = dynamic_activation_spec(recipe)
@@ -155,9 +156,16 @@ def quantize_graph(
     return out
 
 
-def gelus_read_in_int16(graph: Graph) -> list[Node]:
-    """erf GELUs whose output is quantized to int16, itself or through Muls by constants (the
-    smoothing Mul): where ``qexport.ir.gelu_rational`` replaces the runtimes' own GELU."""
+def gelus_to_rewrite(graph: Graph, exact_floats: bool = False) -> list[Node]:
+    """erf GELUs of an 8-bit static model where ``qexport.ir.gelu_rational`` replaces the
+    runtimes' own GELU, because their last-ulp differences flip the integers after it
+    (docs/decisions/0008-rational-gelu.md):
+
+    - the output is quantized to int16, itself or through Muls by constants (the smoothing
+      Mul): int16 steps see the ulps, and the 8-bit layers after them grow the flips;
+    - with ``exact_floats`` (the recipe's; docs/decisions/0009-float64-layernorm.md), every
+      GELU whose result a quantizer reads.
+    """
     consumers = graph.consumers()
 
     def int16_below(value: str) -> bool:
@@ -172,7 +180,9 @@ def gelus_read_in_int16(graph: Graph) -> list[Node]:
     return [
         n
         for n in graph.nodes
-        if n.op is Op.GELU and n.attrs.get("approximate", "none") == "none" and int16_below(n.outputs[0])
+        if n.op is Op.GELU
+        and n.attrs.get("approximate", "none") == "none"
+        and (int16_below(n.outputs[0]) or (exact_floats and quantized_next(graph, n.outputs[0], consumers)))
     ]
 
 

@@ -77,6 +77,13 @@ class Recipe:
       layer_norm, other); ``auto_int8_db``: also move each further role to int8 while the
       calibration outputs stay at least this SQNR (dB) from float (the sensitivity table).
       ``npu-mixed`` asks 25 dB: 1 dB above the NPU accuracy gate (24 dB on held-out text).
+    - ``exact_floats`` (static schemes): the files compute every LayerNorm and GELU whose result
+      a quantizer reads with the IR's bits, wherever the runtime can, at a latency cost
+      (docs/decisions/0009-float64-layernorm.md): such GELUs are written in the rational form
+      (``qexport.ir.gelu_rational``, every runtime), such LayerNorms run in float64 in the ONNX
+      file (torch's `.pt2` always does, at no measurable cost; LiteRT has no float64). On for
+      ``int8-full``, whose files must follow its integers; ``int8`` keeps the runtimes' fast
+      float32 kernels (its files are ≥ 40 dB from the IR without).
     - ``learn``: after calibration, learn the quantization from the calibration data against the
       float model (docs/learning.md): every recipe with int8 Linear weights rounds them by GPTQ.
       The result is an IR of the same recipe with different integers. ``learn_epochs > 0``
@@ -104,6 +111,7 @@ class Recipe:
     dynamic_symmetric: bool = False
     int8_roles: tuple[str, ...] = ()
     auto_int8_db: float | None = None
+    exact_floats: bool = False
     learn: bool = False
     learn_epochs: int = 0
     learn_layer_epochs: int = 2
@@ -151,6 +159,10 @@ class Recipe:
         _one_of("linear_outputs", self.linear_outputs, LINEAR_OUTPUTS)
         if self.linear_outputs != "float" and (self.scheme != "static" or self.activation_dtype == "int16"):
             raise RecipeError("linear_outputs = 'int8' needs scheme = 'static' with 8-bit activations")
+        if self.exact_floats and self.scheme != "static":
+            raise RecipeError(
+                "exact_floats needs scheme = 'static' (the others compute no float op a quantizer reads, or compute it at run time)"
+            )
         if not 0.0 <= self.output_outliers <= 0.5:
             raise RecipeError("output_outliers must be within [0, 0.5]")
         if self.sensitive_int16 < 0:
@@ -193,7 +205,7 @@ BUILTIN: dict[str, Recipe] = {
     r.name: r
     for r in (
         Recipe(name="int8", scheme="static", smooth_alpha=0.8),
-        Recipe(name="int8-full", scheme="static", smooth_alpha=0.8, linear_outputs="int8"),
+        Recipe(name="int8-full", scheme="static", smooth_alpha=0.8, linear_outputs="int8", exact_floats=True),
         Recipe(name="int8-mixed", scheme="static", smooth_alpha=0.8, sensitive_int16=3),
         Recipe(name="int16x8", scheme="static", activation_dtype="int16", smooth_alpha=0.5),
         Recipe(name="dynamic", scheme="dynamic", activation_dtype="int8", smooth_alpha=0.5),
@@ -283,6 +295,7 @@ def from_dict(doc: Any, where: str = "recipe") -> Recipe:
         "linear_outputs": str,
         "output_outliers": (int, float),
         "dynamic_symmetric": bool,
+        "exact_floats": bool,
         "int8_roles": list,
         "auto_int8_db": (int, float, type(None)),
         "learn": bool,
