@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks import peers
-from benchmarks.measure import interleaved_latency, ir_pooled, minilm_texts, parity, ratio, samples_main
+from benchmarks.measure import fp32_setup, interleaved_latency, ir_pooled, parity, ratio, samples_main
 
 RECIPES = ("int8", "int8-full")
 FORMS = {"runtime float kernels": False, "exact_floats": True}
@@ -39,20 +39,12 @@ RUNNERS = {
 
 
 def run(samples: int) -> dict[str, Any]:
-    import torch
-    from transformers import AutoModel
-
     import qexport
     from qexport import backends
     from qexport.quant.recipe import resolve
 
-    torch.set_num_threads(2)
-    model_dir, calib, held = minilm_texts(samples)
+    model_dir, calib, held, ref = fp32_setup(samples)
     one = {k: v[:1] for k, v in held.items()}
-    hf = AutoModel.from_pretrained(str(model_dir)).eval()
-    ref = peers._run_torch(lambda b: hf(**b).last_hidden_state, model_dir / "model.safetensors", held, one)[
-        "pooled"
-    ]
     graph = qexport.capture(model_dir, seq_len=128)
     work = Path(tempfile.mkdtemp(prefix="qexport-float-forms-"))
     rows: list[dict[str, Any]] = []

@@ -106,6 +106,22 @@ def minilm_texts(samples: int) -> tuple[Path, dict[str, np.ndarray], dict[str, n
     )
 
 
+def fp32_setup(samples: int) -> tuple[Path, dict[str, np.ndarray], dict[str, np.ndarray], np.ndarray]:
+    """``minilm_texts`` plus torch fp32's mean-pooled output on the held-out sentences (the
+    reference every standalone section compares against), with torch on 2 threads."""
+    import torch
+    from transformers import AutoModel
+
+    from benchmarks import peers
+
+    torch.set_num_threads(2)
+    model_dir, calib, held = minilm_texts(samples)
+    one = {k: v[:1] for k, v in held.items()}
+    hf = AutoModel.from_pretrained(str(model_dir)).eval()
+    ref = peers._run_torch(lambda b: hf(**b).last_hidden_state, model_dir / "model.safetensors", held, one)
+    return model_dir, calib, held, ref["pooled"]
+
+
 def cpu_description() -> str:
     """CPU model and the int8 dot-product extensions that decide which integer kernels run."""
     import platform
