@@ -306,9 +306,10 @@ class IRModule(torch.nn.Module):
                     None if not i else (self.constant(i) if i in graph.constants else env[i])
                     for i in node.inputs
                 ]
-                if self.exact.get(node.name) is Op.GELU:
+                exact = self.exact.get(node.name)
+                if exact is Op.GELU:
                     result = exact_gelu(args[0])
-                elif self.exact.get(node.name) is Op.LAYER_NORM:
+                elif exact is Op.LAYER_NORM:
                     result = exact_layer_norm(args, node.attrs)
                 else:
                     result = self.ops[node.op](args, node.attrs, dims)

@@ -19,7 +19,7 @@ import numpy as np
 
 from qexport.errors import QExportError
 from qexport.ir import gelu_rational
-from qexport.ir.exact_ops import quantized_next
+from qexport.ir.exact_ops import exact_ops
 from qexport.ir.graph import Graph, Node, QDType, QuantSpec, ValueInfo, copy_graph
 from qexport.ir.ops import Op
 from qexport.quant.calibration import CalibrationSet, collect_samples, observe_channels
@@ -167,6 +167,7 @@ def gelus_to_rewrite(graph: Graph, exact_floats: bool = False) -> list[Node]:
       GELU whose result a quantizer reads.
     """
     consumers = graph.consumers()
+    exact = exact_ops(graph) if exact_floats else {}
 
     def int16_below(value: str) -> bool:
         spec = graph.quant.get(value)
@@ -182,7 +183,7 @@ def gelus_to_rewrite(graph: Graph, exact_floats: bool = False) -> list[Node]:
         for n in graph.nodes
         if n.op is Op.GELU
         and n.attrs.get("approximate", "none") == "none"
-        and (int16_below(n.outputs[0]) or (exact_floats and quantized_next(graph, n.outputs[0], consumers)))
+        and (int16_below(n.outputs[0]) or n.name in exact)
     ]
 
 
