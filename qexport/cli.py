@@ -361,7 +361,7 @@ def _print_parity(doc: dict[str, Any]) -> None:
     table = Table(*columns, *(["top-1"] if top1 else []), "gate", box=None)
     for r in doc["comparisons"]:
         gate = "" if "pass" not in r else ("[green]pass[/]" if r["pass"] else "[red]FAIL[/]")
-        cells = [r["reference"], r["candidate"], r["output"]]
+        cells = [_side(r["reference"]), _side(r["candidate"]), r["output"]]
         cells += [f"{r['cos_mean']:.5f}", f"{r['cos_min']:.5f}", f"{r['sqnr_db']:.2f}"]
         if top1:
             cells.append(f"{r['top1_agreement']:.4f}" if "top1_agreement" in r else "")
@@ -372,6 +372,15 @@ def _print_parity(doc: dict[str, Any]) -> None:
             console.print(f"[red]FAIL[/] {r['candidate']}.{r['output']}: {escape('; '.join(r['failures']))}")
     verdict = "[green]✓ parity passed[/]" if doc["passed"] else "[red]✗ parity below threshold[/]"
     console.print(verdict + " — details in parity.json, junit.xml, report.md")
+
+
+def _side(name: str) -> str:
+    """A comparison side as the console names it: ``ir_simulated:int8`` is ``IR int8``, so a
+    table piped at 80 columns (a CI log) keeps the two IRs apart instead of cutting both to
+    ``ir_simulated…``; parity.json and report.md keep the full names."""
+    if name.startswith("ir_simulated"):
+        return "IR " + name.partition(":")[2] if ":" in name else "IR"
+    return {"ir_float": "IR float", "torch_fp32": "torch fp32"}.get(name, name)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -129,6 +129,16 @@ def test_default_command_gives_each_target_its_fast_recipe(default_run):
     assert not list(root.rglob("*.lock")) and not list(root.rglob(".*.lock"))
 
 
+def test_the_piped_parity_table_names_each_ir(default_run):
+    """Piped (a CI log: 80 columns) the table still tells the two IRs apart; it once cut both
+    to ``ir_simulated…``."""
+    _, _, result = default_run
+    rows = [line.split() for line in result.stderr.splitlines()]
+    assert any(r[:3] == ["IR", "int8", "onnx"] for r in rows)
+    assert any(r[:3] == ["IR", "dynamic", "tflite"] for r in rows)
+    assert "…" not in result.stderr
+
+
 def test_top1_agreement_is_shown_and_its_flag_is_a_fraction(default_run):
     _, out, result = default_run
     assert "top-1" in result.stderr and "top-1" in (out / "report.md").read_text()
