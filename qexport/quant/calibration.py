@@ -171,16 +171,19 @@ def random_tokens(graph: Graph, seq_len: int, samples: int = 16) -> dict[str, np
 
 @dataclass
 class ChannelStats:
-    """Running per-channel (last axis) min and max of one tensor."""
+    """Running per-channel (last axis) min and max of one tensor, and the lowest peak of a row
+    (the smallest max over the last axis: what a softmax over that axis is relative to)."""
 
     lo: np.ndarray
     hi: np.ndarray
+    lowest_peak: float = float("inf")
 
     def update(self, x: np.ndarray) -> None:
         flat = x.reshape(-1, x.shape[-1])
         finite = np.where(np.isfinite(flat), flat, np.nan)
         self.lo = np.fmin(self.lo, np.nanmin(finite, axis=0))
         self.hi = np.fmax(self.hi, np.nanmax(finite, axis=0))
+        self.lowest_peak = min(self.lowest_peak, float(np.nanmin(np.nanmax(finite, axis=1))))
 
 
 def observe_channels(

@@ -22,12 +22,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from qexport.errors import QExportError
-from qexport.ir.arith import dequantize
+from qexport.ir.arith import dequantize, quantize
 from qexport.ir.graph import Graph, Node, QDType, QuantSpec, ValueInfo, copy_graph
 from qexport.ir.integer_form import LAYOUT_OPS, gelus_as_tanh, to_integer_form
 from qexport.ir.ops import Op
 from qexport.ir.residual_scale import channel_divisors, residual_adds, scale_residuals
-from qexport.quant.calibration import CalibrationSet, observe_channels
+from qexport.quant.calibration import CalibrationSet, ChannelStats, observe_channels
 from qexport.quant.ranges import activation_spec, weight_spec
 
 SMALL_TABLE = 1 << 20
@@ -136,6 +136,7 @@ def _apply(
     ranges = {v: (float(np.min(s.lo)), float(np.max(s.hi))) for v, s in stats.items()}
     masked = _masked_adds(out, set(form["masks"]))
     producer = out.producer()
+    _floor_scores(out, stats, ranges, masked, producer)
     _floor_masks(out, form["masks"], masked, ranges, producer)
     for node in out.nodes:
         value = node.outputs[0]
@@ -145,6 +146,7 @@ def _apply(
             out.quant[value] = out.quant[node.inputs[0]]  # a table's rows keep its params
         else:
             out.quant[value] = _output_spec(out, node, dtypes[value], ranges, masked, producer)
+    _requantize_tables(out)
     _quantize_biases(out)
     out.validate()
 
@@ -236,6 +238,64 @@ def _output_spec(
     return activation_spec(lo, hi, dtype)
 
 
+def _requantize_tables(graph: Graph) -> None:
+    """Requantize a table once, here, rather than each looked-up row at run time: a Requantize
+    to a narrower type that reads a Gather of a constant table (and is its only reader) becomes
+    the table's params. (Not to a wider one: the int8 word table read in int16 would double.)
+
+    The same integers (the reference's Requantize is ``quantize(dequantize(q))``, elementwise,
+    so it commutes with the row lookup), one op fewer, and nothing left to a runtime's rounding:
+    LiteRT's int16 -> int8 QUANTIZE rounds twice (to 1/128 of a step, then to a step), so MiniLM's
+    token-type rows came out one step off on 3 of 384 channels (13.497 steps -> 14)."""
+    consumers = graph.consumers()
+    producer = graph.producer()
+    kept = []
+    for node in graph.nodes:
+        gather = producer.get(node.inputs[0]) if node.op is Op.REQUANTIZE else None
+        if (
+            gather is None
+            or gather.op is not Op.GATHER
+            or gather.inputs[0] not in graph.constants
+            or len(consumers[gather.outputs[0]]) != 1
+            or len(consumers[gather.inputs[0]]) != 1
+            or graph.quant[node.outputs[0]].dtype.qmax > graph.quant[gather.inputs[0]].dtype.qmax
+        ):
+            kept.append(node)
+            continue
+        table, spec = gather.inputs[0], graph.quant[node.outputs[0]]
+        graph.constants[table] = quantize(dequantize(graph.constants[table], graph.quant[table]), spec)
+        graph.quant[table] = spec
+        del graph.values[gather.outputs[0]], graph.quant[gather.outputs[0]]
+        gather.outputs = [node.outputs[0]]
+    graph.nodes = kept
+
+
+def _floor_scores(
+    graph: Graph,
+    stats: dict[str, ChannelStats],
+    ranges: dict[str, tuple[float, float]],
+    masked: dict[str, str],
+    producer: dict[str, Node],
+) -> None:
+    """Raise the bottom of each softmax input's range (and of the scores under its mask) to
+    ``MASK_SPAN`` below the lowest row peak seen in calibration.
+
+    Softmax is relative to each row's peak: a score ``MASK_SPAN`` below it weighs at most
+    exp(-20), so clamping it there changes nothing, while the range's step shrinks. MiniLM's
+    layer-0 scores span [-108, 50] (one head), so int8 spent 0.66 per step where every row
+    peaks at 0 or more: with the floor at -20 the step is 0.30."""
+    for node in graph.nodes:
+        if node.op is not Op.SOFTMAX:
+            continue
+        value = _observed(node.inputs[0], ranges, producer)
+        if value not in stats:  # a softmax of a graph input: nothing observed
+            continue
+        floor = stats[value].lowest_peak - MASK_SPAN
+        for name in {value, _observed(masked.get(value, value), ranges, producer)}:
+            lo, hi = ranges[name]
+            ranges[name] = (max(lo, min(floor, hi - MASK_SPAN)), hi)
+
+
 def _floor_masks(
     graph: Graph,
     masks: list[str],
@@ -265,9 +325,14 @@ def _floor_masks(
 def _range(
     graph: Graph, value: str, ranges: dict[str, tuple[float, float]], producer: dict[str, Node]
 ) -> tuple[float, float]:
+    return ranges[_observed(value, ranges, producer)]
+
+
+def _observed(value: str, ranges: dict[str, tuple[float, float]], producer: dict[str, Node]) -> str:
+    """The value whose calibrated range ``value`` has: itself, or what a layout op moved."""
     while value not in ranges and value in producer:
         value = producer[value].inputs[0]  # layout ops move values without changing them
-    return ranges[value]
+    return value
 
 
 def _masked_adds(graph: Graph, masks: set[str]) -> dict[str, str]:
