@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from qexport.backends.torch.gemm import GEMMS
-from qexport.backends.torch.ops import TORCH_OPS, cast, exact_gelu, exact_layer_norm
+from qexport.backends.torch.ops import TORCH_OPS, cast, exact_gelu, exact_layer_norm, exact_softmax
 from qexport.ir import exact_ops
 from qexport.ir.graph import Graph, Node, QDType, QuantSpec
 from qexport.ir.linear import LinearForm, classify
@@ -91,7 +91,7 @@ class IRModule(torch.nn.Module):
             if name not in graph.constants and not spec.dynamic:
                 self._add(f"{name}/scale", spec.scale)
                 self._add(f"{name}/zero_point", spec.zero_point)
-        self.exact = exact_ops.exact_ops(graph)  # run in float64 as the IR does
+        self.exact = exact_ops.exact_ops(graph, softmax=True)  # run in float64 as the IR does
 
     def _float_bias(self, node: Node) -> np.ndarray:
         """The Linear's bias as float32 (dequantized once here; zeros when absent)."""
@@ -311,6 +311,8 @@ class IRModule(torch.nn.Module):
                     result = exact_gelu(args[0])
                 elif exact is Op.LAYER_NORM:
                     result = exact_layer_norm(args, node.attrs)
+                elif exact is Op.SOFTMAX:
+                    result = exact_softmax(args[0], node.attrs)
                 else:
                     result = self.ops[node.op](args, node.attrs, dims)
             out = node.outputs[0]

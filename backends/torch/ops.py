@@ -86,6 +86,15 @@ def exact_gelu(x: torch.Tensor) -> torch.Tensor:
     return cast((wide * 0.5) * (torch.erf(wide / math.sqrt(2.0)) + 1.0), x.dtype)
 
 
+def exact_softmax(x: torch.Tensor, attrs: Mapping[str, Any]) -> torch.Tensor:
+    """The IR's Softmax bit for bit: in float64, rounded to float32 once (docs/ir.md).
+
+    torch's float32 softmax rounds an output step of an 8-bit quantizer (1/256) the other way
+    now and then; in full-integer graphs every layer after it grows that flip (learned MiniLM
+    npu-int8: the first value of the .pt2 to leave its IR, docs/backend-torch.md)."""
+    return cast(torch.softmax(cast(x, torch.float64), dim=int(attrs["axis"])), x.dtype)
+
+
 def exact_layer_norm(xs: list[Any], attrs: Mapping[str, Any]) -> torch.Tensor:
     """The IR's LayerNorm bit for bit: normalized in float64, rounded to float32 once.
 
