@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import zipfile
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Container, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -171,11 +171,13 @@ def random_tokens(graph: Graph, seq_len: int, samples: int = 16) -> dict[str, np
 
 @dataclass
 class ChannelStats:
-    """Running per-channel (last axis) min and max of one tensor, and the lowest peak of a row
-    (the smallest max over the last axis: what a softmax over that axis is relative to)."""
+    """Running per-channel (last axis) min and max of one tensor; with ``peaks``, also the
+    lowest peak of a row (the smallest max over the last axis: what a softmax over that axis is
+    relative to)."""
 
     lo: np.ndarray
     hi: np.ndarray
+    peaks: bool = False
     lowest_peak: float = float("inf")
 
     def update(self, x: np.ndarray) -> None:
@@ -183,7 +185,8 @@ class ChannelStats:
         finite = np.where(np.isfinite(flat), flat, np.nan)
         self.lo = np.fmin(self.lo, np.nanmin(finite, axis=0))
         self.hi = np.fmax(self.hi, np.nanmax(finite, axis=0))
-        self.lowest_peak = min(self.lowest_peak, float(np.nanmin(np.nanmax(finite, axis=1))))
+        if self.peaks:
+            self.lowest_peak = min(self.lowest_peak, float(np.nanmin(np.nanmax(finite, axis=1))))
 
 
 def observe_channels(
@@ -193,8 +196,10 @@ def observe_channels(
     *,
     batch: int = 8,
     on_batch: Callable[[int, int], None] | None = None,
+    row_peaks: Container[str] = (),
 ) -> dict[str, ChannelStats]:
-    """Per-channel min/max of ``values`` over the calibration set (float execution)."""
+    """Per-channel min/max of ``values`` over the calibration set (float execution), and the
+    lowest row peak of those in ``row_peaks``."""
     wanted = list(values)
     stats: dict[str, ChannelStats] = {}
     total = calib.size
@@ -210,7 +215,9 @@ def observe_channels(
             if name not in stats:
                 channels = x.shape[-1]
                 stats[name] = ChannelStats(
-                    np.full(channels, np.inf, np.float32), np.full(channels, -np.inf, np.float32)
+                    np.full(channels, np.inf, np.float32),
+                    np.full(channels, -np.inf, np.float32),
+                    peaks=name in row_peaks,
                 )
             stats[name].update(x)
         if on_batch is not None:

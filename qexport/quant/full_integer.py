@@ -16,7 +16,7 @@ Steps, on a copy of the float graph:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from dataclasses import dataclass
 
 import numpy as np
@@ -132,10 +132,11 @@ def _apply(
     _quantize_constants(out, precision, set(form["masks"]), exact)
     dtypes = _insert_requantize(out, precision)
     values = [n.outputs[0] for n in out.nodes if _float(out, n.outputs[0]) and n.op not in LAYOUT_OPS]
-    stats = observe_channels(out, calib, values, on_batch=progress)
+    producer, observed = out.producer(), set(values)
+    softmax_inputs = {_observed(n.inputs[0], observed, producer) for n in out.nodes if n.op is Op.SOFTMAX}
+    stats = observe_channels(out, calib, values, on_batch=progress, row_peaks=softmax_inputs)
     ranges = {v: (float(np.min(s.lo)), float(np.max(s.hi))) for v, s in stats.items()}
     masked = _masked_adds(out, set(form["masks"]))
-    producer = out.producer()
     _floor_scores(out, stats, ranges, masked, producer)
     _floor_masks(out, form["masks"], masked, ranges, producer)
     for node in out.nodes:
@@ -328,9 +329,9 @@ def _range(
     return ranges[_observed(value, ranges, producer)]
 
 
-def _observed(value: str, ranges: dict[str, tuple[float, float]], producer: dict[str, Node]) -> str:
-    """The value whose calibrated range ``value`` has: itself, or what a layout op moved."""
-    while value not in ranges and value in producer:
+def _observed(value: str, observed: Container[str], producer: dict[str, Node]) -> str:
+    """The observed value whose range ``value`` has: itself, or what a layout op moved."""
+    while value not in observed and value in producer:
         value = producer[value].inputs[0]  # layout ops move values without changing them
     return value
 
